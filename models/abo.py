@@ -26,6 +26,7 @@ import numba
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.cluster import kmeans_plusplus
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
@@ -48,6 +49,18 @@ def farthest_from_mean(X: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k points farthest from the mean, farthest first (the document's initialisation)."""
     d = ((X - X.mean(axis=0, dtype=np.float64)) ** 2).sum(axis=1)
     return np.argsort(-d, kind="stable")[:k]
+
+
+INITS = ("farthest", "k-means++")
+
+
+def initial_indices(X: np.ndarray, k: int, init: str, random_state: int | None) -> np.ndarray:
+    """Rows of X that seed the centres: the document's rule, or k-means++ seeding."""
+    if init == "farthest":
+        return farthest_from_mean(X, k)
+    if init == "k-means++":
+        return kmeans_plusplus(X, k, random_state=random_state)[1]
+    raise ValueError(f"init={init!r}: expected one of {INITS}")
 
 
 def epoch_orders(random_state: int | None, n: int):
@@ -80,11 +93,13 @@ def reference_fit(
     temperature: float = 1.0,
     random_state: int | None = 0,
     max_steps: int | None = None,
+    init: str = "farthest",
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[np.ndarray, list[float]]:
     """The plain autograd loop (reference for tests and the benchmark): (centres, per-epoch losses)."""
     Xn = _as_numpy(X)
-    x = torch.from_numpy(Xn)
-    net = ABONet(x[farthest_from_mean(Xn, n_clusters)], temperature)
+    x = torch.from_numpy(Xn).to(dtype)
+    net = ABONet(x[initial_indices(Xn, n_clusters, init, random_state)], temperature)
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS)
     bs = batch_size or len(Xn)
     orders, history, steps = epoch_orders(random_state, len(Xn)), [], 0
@@ -99,9 +114,9 @@ def reference_fit(
             losses.append(loss.item())
             steps += 1
             if max_steps is not None and steps >= max_steps:
-                return net.centers.detach().numpy().copy(), [*history, float(np.mean(losses))]
+                return net.centers.detach().float().numpy(), [*history, float(np.mean(losses))]
         history.append(float(np.mean(losses)))
-    return net.centers.detach().numpy().copy(), history
+    return net.centers.detach().float().numpy(), history
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -172,7 +187,10 @@ class ABOClusterer(ClusterMixin, BaseEstimator):
     epochs : passes over the data (document: 200).
     batch_size : minibatch size (document: 32); None = full batch.
     temperature : softmax temperature T of q = softmax(-d / T) (document: 1).
-    random_state : seed of the per-epoch shuffles.
+    init : "farthest" (the document: the k points farthest from the mean) or "k-means++". The
+        document's rule often puts several centres in one outlying cluster, and a centre far from
+        every point gets no gradient, so it stays dead; k-means++ seeding avoids that.
+    random_state : seed of the per-epoch shuffles (and of k-means++ seeding).
     max_steps : optional cap on the number of Adam steps (None = all epochs).
 
     Attributes
@@ -189,9 +207,11 @@ class ABOClusterer(ClusterMixin, BaseEstimator):
         epochs: int = 200,
         batch_size: int | None = 32,
         temperature: float = 1.0,
+        init: str = "farthest",
         random_state: int | None = 0,
         max_steps: int | None = None,
     ) -> None:
+        self.init = init
         self.n_clusters = n_clusters
         self.lr = lr
         self.epochs = epochs
@@ -205,13 +225,15 @@ class ABOClusterer(ClusterMixin, BaseEstimator):
             raise ValueError(f"n_clusters={self.n_clusters} must be in [1, n_samples={n_samples}]")
         if self.lr <= 0 or self.epochs < 0 or self.temperature <= 0:
             raise ValueError("lr and temperature must be > 0 and epochs >= 0")
+        if self.init not in INITS:
+            raise ValueError(f"init={self.init!r}: expected one of {INITS}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1 or None")
 
     def fit(self, X, y=None) -> ABOClusterer:
         X = _as_numpy(X)
         self._check_params(len(X))
-        self.init_indices_ = farthest_from_mean(X, self.n_clusters)
+        self.init_indices_ = initial_indices(X, self.n_clusters, self.init, self.random_state)
         C = X[self.init_indices_].astype(np.float64)
         m, v = np.zeros_like(C), np.zeros_like(C)
         bs = int(self.batch_size or len(X))
@@ -221,7 +243,16 @@ class ABOClusterer(ClusterMixin, BaseEstimator):
             if step >= max_steps:
                 break
             step, loss = _abo_epoch(
-                X, next(orders), C, m, v, step, float(self.lr), float(self.temperature), bs, max_steps
+                X,
+                next(orders),
+                C,
+                m,
+                v,
+                step,
+                float(self.lr),
+                float(self.temperature),
+                bs,
+                max_steps,
             )
             self.loss_history_.append(float(loss))
         self.n_iter_ = step
@@ -234,7 +265,9 @@ class ABOClusterer(ClusterMixin, BaseEstimator):
         check_is_fitted(self, "cluster_centers_")
         X = _as_numpy(X)
         if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, the clusterer was fitted on {self.n_features_in_}")
+            raise ValueError(
+                f"X has {X.shape[1]} features, the clusterer was fitted on {self.n_features_in_}"
+            )
         C = self.cluster_centers_.astype(np.float64)
         # ||x||^2 - 2 x.c + ||c||^2 in float64: exact enough for argmin and the softmax
         Xd = X.astype(np.float64)

@@ -56,9 +56,7 @@ class ConvAutoencoder(nn.Module):
             if i < depth - 1 and dropout > 0:
                 dec.append(nn.Dropout(dropout))
         self.fc_dec = nn.Linear(latent_dim, n_flat)
-        self.decoder = nn.Sequential(
-            *dec, nn.Conv2d(channels[-1], 1, 3, padding=1), nn.Sigmoid()
-        )
+        self.decoder = nn.Sequential(*dec, nn.Conv2d(channels[-1], 1, 3, padding=1), nn.Sigmoid())
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, 1, H, W] -> z: [B, latent_dim]

@@ -1,0 +1,115 @@
+"""Autoencoder training: learns, is deterministic for a seed, resumes exactly, stops on divergence."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.build import build_autoencoder
+from tune.data import load_dataset
+from tune.training import (
+    DivergedError,
+    embed,
+    images_to_tensor,
+    reconstruction_loss,
+    train_autoencoder,
+)
+
+MLP = {
+    "arch": "mlp",
+    "mlp_depth": 2,
+    "mlp_width_1": 64,
+    "mlp_width_2": 32,
+    "latent_dim": 10,
+    "dropout": 0.1,
+    "mlp_batch_norm": True,
+}
+CONV = {
+    "arch": "conv",
+    "conv_depth": 2,
+    "conv_channels_1": 8,
+    "conv_channels_2": 8,
+    "latent_dim": 10,
+    "dropout": 0.2,
+}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = load_dataset("digits", seed=0)
+    return images_to_tensor(ds.x_train), images_to_tensor(ds.x_val)
+
+
+def _train(cfg, x_tr, x_val, epochs=3, seed=0, **kw):
+    torch.manual_seed(seed)
+    model = build_autoencoder(cfg, (8, 8))
+    hist = train_autoencoder(
+        model,
+        x_tr,
+        x_val,
+        lr=3e-3,
+        weight_decay=1e-6,
+        batch_size=32,
+        epochs=epochs,
+        seed=seed,
+        **kw,
+    )
+    return model, hist
+
+
+def test_images_to_tensor():
+    x = images_to_tensor(np.array([[[0, 255], [51, 102]]], dtype=np.uint8))
+    assert x.shape == (1, 1, 2, 2) and x.dtype == torch.float32
+    torch.testing.assert_close(x.flatten(), torch.tensor([0.0, 1.0, 0.2, 0.4]))
+
+
+@pytest.mark.parametrize("cfg", [MLP, CONV], ids=["mlp", "conv"])
+def test_learns_and_is_deterministic(digits, cfg):
+    x_tr, x_val = digits
+    model, hist = _train(cfg, x_tr, x_val, epochs=5)
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4, 5]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert hist[-1]["val_loss"] < hist[0]["val_loss"]
+    assert hist[-1]["val_loss"] == pytest.approx(reconstruction_loss(model, x_val))
+    model2, hist2 = _train(cfg, x_tr, x_val, epochs=5)
+    assert hist == hist2
+    for p, q in zip(model.parameters(), model2.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    z = embed(model, x_val)
+    assert z.shape == (len(x_val), 10)
+    assert not model.training
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(digits):
+    x_tr, x_val = digits
+    full, full_hist = _train(MLP, x_tr, x_val, epochs=4)
+    saved = {}
+
+    def keep(record, state):
+        if record["epoch"] == 2:
+            saved["state"] = state()
+
+    _train(MLP, x_tr, x_val, epochs=2, on_epoch=keep)
+    resumed, resumed_hist = _train(MLP, x_tr, x_val, epochs=4, seed=0, resume=saved["state"])
+    assert resumed_hist == full_hist
+    for p, q in zip(full.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_divergence_raises(digits):
+    x_tr, x_val = digits
+    torch.manual_seed(0)
+    model = build_autoencoder(MLP, (8, 8))
+    with torch.no_grad():
+        model.encoder[0].weight.fill_(math.nan)
+    with pytest.raises(DivergedError, match="nan"):
+        train_autoencoder(
+            model, x_tr, x_val, lr=1e-3, weight_decay=0, batch_size=64, epochs=2, seed=0
+        )
+
+
+def test_no_validation_split(digits):
+    x_tr, _ = digits
+    _, hist = _train(MLP, x_tr, None, epochs=1)
+    assert math.isnan(hist[0]["val_loss"])
