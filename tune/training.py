@@ -31,7 +31,10 @@ def pick_device(use_gpu: bool | None = None) -> torch.device:
 
 def images_to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 [N, H, W] -> float32 [N, 1, H, W] in [0, 1] on `device` (converted on the device)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    images = np.ascontiguousarray(images)
+    if not images.flags.writeable:  # arrays from Ray's object store are read-only views
+        images = images.copy()
+    x = torch.from_numpy(images).to(device)
     return x.unsqueeze(1).float().div_(255.0)
 
 

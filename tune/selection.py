@@ -1,0 +1,139 @@
+"""Pick the winning trial of a two-objective search: the Pareto front, then one point on it.
+
+The search maximises silhouette and minimises reconstruction loss, so there is no single best
+trial, only a front of trade-offs. The rule used to pick one:
+
+1. Drop excluded rows (failed or degenerate trials) and rows with a NaN or infinite objective.
+2. The Pareto front is every remaining row that no other row dominates. Row a dominates row b
+   if a is at least as good as b in every objective (in that objective's direction) and
+   strictly better in at least one. Exact duplicates do not dominate each other: both stay.
+3. On the front, each objective is rescaled to [0, 1] with 0 at its best value on the front
+   (the ideal point) and 1 at its worst (the nadir); an objective constant over the front is 0
+   for every row.
+4. The winner is the front row nearest the ideal point (0, ..., 0) in weighted Euclidean
+   distance, sqrt(sum_k w_k * d_k**2), with equal weights by default. Ties go to the row best
+   in the first objective, then to the earlier row.
+
+Rescaling by the front's own range makes the objectives comparable whatever their units, and
+the distance to the ideal point favours the knee of the front over its extremes; a weight of 0
+ignores an objective, so weights (1, 0) pick the best silhouette on the front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from tune.names import OBJECTIVES  # noqa: E402  (the single source of the objective names)
+
+"""The search's objectives and their directions; the single source of these names."""
+
+# Distances this close are a tie: the knee of a symmetric front should not be decided by
+# rounding in the last bit.
+_TIE_RTOL = 1e-12
+
+
+def _costs(df: pd.DataFrame, objectives: Mapping[str, str]) -> np.ndarray:
+    """Objective values as an [n, k] float array where lower is better in every column."""
+    if not objectives:
+        raise ValueError("objectives: need at least one")
+    columns = []
+    for name, direction in objectives.items():
+        if direction not in ("min", "max"):
+            raise ValueError(
+                f"objectives: {name}: direction must be 'min' or 'max', not {direction!r}"
+            )
+        if name not in df.columns:
+            raise KeyError(f"objective column {name!r} not in the frame (has {list(df.columns)})")
+        values = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float)
+        columns.append(values if direction == "min" else -values)
+    return np.column_stack(columns) if len(df) else np.empty((0, len(objectives)))
+
+
+def pareto_front(df: pd.DataFrame, objectives: Mapping[str, str] = OBJECTIVES) -> pd.DataFrame:
+    """The rows no other row dominates, in their original order and with their original index.
+
+    Rows with a NaN, infinite or non-numeric objective are dropped first.
+    """
+    costs = _costs(df, objectives)
+    finite = np.isfinite(costs).all(axis=1)
+    costs = costs[finite]
+    # dominated[i] if some j is <= in every objective and < in one: O(n^2 k), fine for the few
+    # thousand trials a search produces.
+    no_worse = (costs[:, None, :] <= costs[None, :, :]).all(axis=2)  # [j, i]: j no worse than i
+    better = (costs[:, None, :] < costs[None, :, :]).any(axis=2)
+    dominated = (no_worse & better).any(axis=0)
+    keep = np.flatnonzero(finite)[~dominated]
+    return df.iloc[keep]
+
+
+def choose_winner(
+    front: pd.DataFrame,
+    objectives: Mapping[str, str] = OBJECTIVES,
+    weights: Mapping[str, float] | None = None,
+) -> Hashable:
+    """The index label of the front row nearest the ideal point (rule in the module docstring).
+
+    `weights` maps every objective to a finite weight >= 0, not all zero. Raises ValueError for
+    an empty front or a non-finite objective value.
+    """
+    if front.empty:
+        raise ValueError("no trials to choose from: the Pareto front is empty")
+    w = _weights(objectives, weights)
+    costs = _costs(front, objectives)
+    if not np.isfinite(costs).all():
+        raise ValueError("the front has NaN or infinite objective values; use pareto_front first")
+    best, worst = costs.min(axis=0), costs.max(axis=0)
+    span = worst - best
+    # A constant objective is 0 (no gap to the ideal) for every row.
+    gaps = np.divide(costs - best, span, out=np.zeros_like(costs), where=span > 0)
+    distance = np.sqrt((w * gaps**2).sum(axis=1))
+    tied = np.flatnonzero(distance <= distance.min() * (1 + _TIE_RTOL))
+    # Among tied rows: best first objective, then the earliest (argmin returns the first).
+    winner = tied[np.argmin(costs[tied, 0])]
+    return front.index[winner]
+
+
+def _weights(objectives: Mapping[str, str], weights: Mapping[str, float] | None) -> np.ndarray:
+    if weights is None:
+        return np.ones(len(objectives))
+    unknown = set(weights) - set(objectives)
+    missing = set(objectives) - set(weights)
+    if unknown or missing:
+        raise ValueError(
+            f"weights: need exactly the objectives {list(objectives)}; "
+            f"unknown {sorted(unknown)}, missing {sorted(missing)}"
+        )
+    w = np.array([float(weights[name]) for name in objectives])
+    if not np.isfinite(w).all() or (w < 0).any() or not (w > 0).any():
+        raise ValueError(f"weights: need finite values >= 0, not all 0; got {dict(weights)}")
+    return w
+
+
+def select(
+    df: pd.DataFrame,
+    objectives: Mapping[str, str] = OBJECTIVES,
+    weights: Mapping[str, float] | None = None,
+    exclude: pd.Series | None = None,
+) -> tuple[pd.DataFrame, Hashable]:
+    """Filter, take the Pareto front, choose the winner.
+
+    `exclude` is a boolean Series over df's index; rows where it is True (failed or degenerate
+    trials) are dropped first. Returns the front sorted by the first objective, best first
+    (ties keep their order), and the winner's index label. Raises ValueError if nothing is left.
+    """
+    if exclude is not None:
+        mask = exclude.reindex(df.index)
+        if mask.isna().any():
+            raise ValueError("exclude: needs a True/False value for every row of df (by index)")
+        if not pd.api.types.is_bool_dtype(mask.dtype) and not mask.isin([True, False]).all():
+            raise ValueError("exclude: values must be True or False")
+        df = df[~mask.astype(bool).to_numpy()]
+    front = pareto_front(df, objectives)
+    winner = choose_winner(front, objectives, weights)
+    first, direction = next(iter(objectives.items()))
+    order = pd.to_numeric(front[first]).to_numpy(dtype=float)
+    positions = np.argsort(order if direction == "min" else -order, kind="stable")
+    return front.iloc[positions], winner
