@@ -88,9 +88,10 @@ def embed(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Te
     """Latent codes [N, latent_dim] of `x` [N, 1, H, W], in eval mode."""
     was_training = model.training
     model.eval()
-    z = torch.cat([model.encode(x[s : s + batch_size]) for s in range(0, len(x), batch_size)])
+    # x[:1] when x is empty: encode() still runs once, so the empty result has the latent width
+    parts = [model.encode(x[s : s + batch_size]) for s in range(0, max(len(x), 1), batch_size)]
     model.train(was_training)
-    return z
+    return torch.cat(parts)[: len(x)]
 
 
 def train_autoencoder(

@@ -175,7 +175,8 @@ def _write_outputs(out, config, model, clusterers, x, z, labels, history, result
         abo=clusterers["abo"].cluster_centers_,
         kmeans=clusterers["kmeans"].cluster_centers_.astype(np.float32),
     )
-    (out / CONFIG_FILE).write_text(json.dumps(dict(config), indent=1, sort_keys=True))
+    config = {**dict(config), "image_shape": list(model.image_shape)}  # for rebuilding the model
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True))
     (out / RESULT_FILE).write_text(json.dumps(result, indent=1, sort_keys=True))
     split = "val" if len(x["val"]) else "train"
     with torch.no_grad():
@@ -208,7 +209,9 @@ def trainable(config: dict[str, Any], data: Dataset) -> None:
         with checkpoint.as_directory() as d:
             if (Path(d) / STATE_FILE).exists():
                 resume = torch.load(Path(d) / STATE_FILE, weights_only=False)
-    gpu = bool(tune.get_context().get_trial_resources().required_resources.get("GPU", 0))
+    resources = tune.get_context().get_trial_resources().required_resources
+    gpu = bool(resources.get("GPU", 0))
+    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))  # no oversubscription of the node
 
     def on_epoch(record: dict[str, float], state: Callable[[], dict]) -> None:
         metrics = {

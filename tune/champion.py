@@ -1,0 +1,78 @@
+"""The search winner as one MLflow pyfunc model: images in, cluster ids out.
+
+The model directory is the winning trial's final checkpoint (autoencoder weights, config, both
+clusterers' centres); `predict` encodes the images and assigns each to the nearest centre of the
+clusterer that won the trial (`best_clusterer`), which is what ABO_clusterer.predict and
+KMeans.predict both do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+
+from models.build import build_autoencoder
+from tune.trial import CLUSTERERS_FILE, CONFIG_FILE, MODEL_FILE, RESULT_FILE
+
+
+class ClusterModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: uint8 [N, H, W] (or [N, H*W], or floats in [0, 1]) -> int64 cluster ids [N]."""
+
+    def load_context(self, context) -> None:
+        d = Path(context.artifacts["trial"])
+        self.config = json.loads((d / CONFIG_FILE).read_text())
+        result = json.loads((d / RESULT_FILE).read_text())
+        self.image_shape = tuple(self.config["image_shape"])
+        self.clusterer = result.get("best_clusterer", "kmeans")
+        self.centers = np.load(d / CLUSTERERS_FILE)[self.clusterer].astype(np.float64)
+        self.model = build_autoencoder(self.config, self.image_shape)
+        self.model.load_state_dict(torch.load(d / MODEL_FILE, map_location="cpu"))
+        self.model.eval()
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
+        x = np.asarray(model_input)
+        images = x.astype(np.float32)
+        if x.dtype == np.uint8 or images.max(initial=0.0) > 1.0:
+            images /= 255.0
+        images = images.reshape(-1, 1, *self.image_shape)
+        with torch.no_grad():
+            z = self.model.encode(torch.from_numpy(images)).double().numpy()
+        d = (z**2).sum(1)[:, None] - 2 * z @ self.centers.T + (self.centers**2).sum(1)[None, :]
+        return d.argmin(axis=1).astype(np.int64)
+
+
+def log_champion(
+    trial_dir: Path,
+    parent_run_id: str,
+    model_name: str,
+    example: np.ndarray,
+    tracking_uri: str,
+) -> tuple[str, str]:
+    """Log the winner under the parent run, register it and point the `champion` alias at it.
+
+    Returns (model URI, registered version).
+    """
+    from mlflow.models import infer_signature
+
+    repo = Path(__file__).resolve().parent.parent
+    mlflow.set_tracking_uri(tracking_uri)
+    model = ClusterModel()
+    with mlflow.start_run(run_id=parent_run_id):
+        info = mlflow.pyfunc.log_model(
+            name="champion",
+            python_model=model,
+            artifacts={"trial": str(trial_dir)},
+            code_paths=[str(repo / "models"), str(repo / "tune")],
+            signature=infer_signature(example, np.zeros(len(example), dtype=np.int64)),
+            input_example=example,
+            registered_model_name=model_name,
+        )
+    client = mlflow.MlflowClient(tracking_uri)
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(model_name, "champion", version)
+    return info.model_uri, version

@@ -1,0 +1,141 @@
+"""End of a search: the trials table, the Pareto front and winner, and the parent run's artifacts."""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from tune import names as N  # noqa: E402
+from tune.selection import select  # noqa: E402
+
+SHOW = ["trial_id", "point", "arch", N.SILHOUETTE, N.RECON_LOSS, N.BEST_CLUSTERER, N.STATUS, "val/kmeans/nmi", "val/abo/nmi"]
+
+
+@dataclass
+class Summary:
+    trials: pd.DataFrame  # one row per trial: config columns, final metrics, status
+    front: pd.DataFrame | None  # Pareto front, best silhouette first
+    winner: Any  # index label in `trials`, or None
+    winner_dir: Path | None  # local copy of the winner's final checkpoint
+
+
+def trials_table(results, points: list[tuple[str, dict]] | None = None) -> pd.DataFrame:
+    """One row per trial from a Tune ResultGrid (final result, config, error); `point` names the
+    space's points_to_evaluate (e.g. the two documents' configurations) a trial ran."""
+    rows = []
+    named = points or []
+    for r in results:
+        config = dict(r.config or {})
+        metrics = dict(r.metrics or {})
+        row = {"trial_id": metrics.get("trial_id", Path(r.path).name if r.path else "?")}
+        row["point"] = next((n for n, p in named if all(config.get(k) == v for k, v in p.items())), "")
+        row.update({k: v for k, v in config.items()})
+        row.update({k: v for k, v in metrics.items() if "/" in k or k in (N.BEST_CLUSTERER, N.STATUS, N.NODE)})
+        if r.error is not None:
+            row[N.STATUS] = "error"
+        row.setdefault(N.STATUS, "incomplete")
+        row["checkpoint"] = r.checkpoint.path if r.checkpoint is not None else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarise(results, client, parent_run_id: str, tmp: Path, weights=None, points=None) -> Summary:
+    """Select the winner and log all_trials.csv, pareto.csv, pareto_front.png, best_config.yaml."""
+    df = trials_table(results, points)
+    front, winner, winner_dir = None, None, None
+    if len(df) and all(k in df for k in N.OBJECTIVES):
+        ok = df[N.STATUS] == "ok"
+        try:
+            front, winner = select(df, weights=weights, exclude=~ok)
+        except ValueError:  # nothing valid to choose from
+            front, winner = None, None
+    df["pareto"] = df.index.isin(front.index) if front is not None else False
+    df["winner"] = df.index == winner if winner is not None else False
+    df.to_csv(tmp / "all_trials.csv", index=False)
+    client.log_artifact(parent_run_id, str(tmp / "all_trials.csv"))
+    if front is not None:
+        df.loc[front.index].to_csv(tmp / "pareto.csv", index=False)
+        client.log_artifact(parent_run_id, str(tmp / "pareto.csv"))
+        plot_front(df, tmp / "pareto_front.png")
+        client.log_artifact(parent_run_id, str(tmp / "pareto_front.png"))
+        best = df.loc[winner]
+        config_keys = [k for k in (results[0].config or {}) if k in df.columns]
+        best_config = {k: _plain(best[k]) for k in config_keys if not _missing(best[k])}
+        (tmp / "best_config.yaml").write_text(yaml.safe_dump(best_config, sort_keys=False))
+        client.log_artifact(parent_run_id, str(tmp / "best_config.yaml"))
+        metrics = {f"best/{k}": float(best[k]) for k in N.OBJECTIVES}
+        client.log_batch(parent_run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
+        client.set_tag(parent_run_id, "winner_trial_id", str(best["trial_id"]))
+        client.set_tag(parent_run_id, N.BEST_CLUSTERER, str(best.get(N.BEST_CLUSTERER, "")))
+        for r in results:
+            if r.checkpoint is not None and (r.metrics or {}).get("trial_id") == best["trial_id"]:
+                winner_dir = Path(r.checkpoint.to_directory(str(tmp / "winner")))
+    return Summary(df, front, winner, winner_dir)
+
+
+def plot_front(df: pd.DataFrame, path: Path) -> None:
+    sil, rec = N.SILHOUETTE, N.RECON_LOSS
+    ok = df[df[N.STATUS] == "ok"]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(ok[rec], ok[sil], c="lightgray", edgecolors="gray", label="trials")
+    front = ok[ok["pareto"]].sort_values(rec)
+    ax.plot(front[rec], front[sil], "o-", color="tab:blue", label="Pareto front")
+    for _, row in ok[ok["point"] != ""].iterrows():
+        ax.annotate(row["point"], (row[rec], row[sil]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    win = ok[ok["winner"]]
+    ax.scatter(win[rec], win[sil], marker="*", s=250, color="tab:red", zorder=3, label="winner")
+    ax.set_xlabel("validation reconstruction MSE (lower is better)")
+    ax.set_ylabel("validation silhouette (higher is better)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def format_summary(summary: Summary, champion, model_name: str, elapsed: float) -> str:
+    df = summary.trials
+    counts = df[N.STATUS].value_counts().to_dict()
+    lines = [f"\n{len(df)} trials in {elapsed:.0f} s: " + ", ".join(f"{v} {k}" for k, v in counts.items())]
+    if summary.front is None:
+        lines.append("No finished, non-degenerate trial: no Pareto front.")
+        return "\n".join(lines)
+    cols = [c for c in SHOW if c in df.columns]
+    table = df.loc[summary.front.index, cols].copy()
+    table.insert(0, "", ["*" if i == summary.winner else "" for i in table.index])
+    lines.append("\nPareto front (* = chosen winner: nearest to the ideal point, objectives normalised over the front):")
+    lines.append(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    if champion is not None:
+        lines.append(f"\nWinner registered as models:/{model_name}@champion (version {champion[1]})")
+    return "\n".join(lines)
+
+
+def ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}   (the tracking server's own UI)"
+    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port 5000"
+
+
+def _metric(key: str, value: float):
+    import time
+
+    from mlflow.entities import Metric
+
+    return Metric(key, value, int(time.time() * 1000), 0)
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v

@@ -1,0 +1,268 @@
+"""Two-objective hyperparameter search: Ray Tune schedules Optuna-guided trials, MLflow records them.
+
+Each trial trains an autoencoder, clusters its embedding with ABO_clusterer and KMeans and reports
+the validation silhouette of the better clusterer (maximised) and the validation reconstruction
+loss (minimised). At the end the Pareto front and its chosen winner are printed, logged to the
+search's MLflow parent run, and the winner is registered as an MLflow model with alias `champion`.
+
+    python tune/search.py                      # default search (MNIST if available, else digits)
+    python tune/search.py --smoke              # seconds: smoke space on digits, 4 trials
+    python tune/search.py --dataset fashion-mnist --num-samples 24
+    python tune/search.py --address auto --mlflow-uri http://HEAD:5000   # on a Ray cluster
+    python tune/search.py --name my-search --resume                      # finish an interrupted one
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# `python tune/search.py` puts tune/ first on sys.path, where our module names (data, metrics, ...)
+# could shadow other packages; put the repository root there instead.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = _ROOT
+elif _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import math  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import yaml  # noqa: E402
+
+from tune import names as N  # noqa: E402
+from tune.data import DATASETS, DatasetError, default_data_dir, load_dataset  # noqa: E402
+from tune.space import SearchSpace, SpaceError, load_space  # noqa: E402
+from tune.tracking import TrackingError, check_tracking_uri, default_tracking_uri  # noqa: E402
+
+REPO_ROOT = Path(_ROOT)
+DEFAULT_STORAGE = REPO_ROOT / "ray_results"
+SMOKE_SAMPLES = 4
+
+
+class UsageError(Exception):
+    """Bad input found before anything started: one line, exit code 2."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python tune/search.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--space", default="default", help="search space: a name in search_spaces/ or a YAML path")
+    p.add_argument(
+        "--dataset",
+        default="auto",
+        help=f"one of {', '.join(DATASETS)}, or a directory of IDX files; auto = MNIST when on disk "
+        "or downloadable, else scikit-learn's digits",
+    )
+    p.add_argument("--data-dir", default=str(default_data_dir()), help="where datasets are read/downloaded")
+    p.add_argument("--val-fraction", type=float, default=1 / 6, help="share of train held out for the objectives")
+    p.add_argument("--num-samples", type=int, default=None, help="trials to run (default: 24; smoke: 4)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as many as resources allow)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (fractions share a GPU)")
+    p.add_argument("--address", default=None, help="join an existing Ray cluster ('auto' or host:port); default: start Ray locally")
+    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite store under mlflow/store/)")
+    p.add_argument("--experiment", default="clustertune", help="MLflow experiment name")
+    p.add_argument("--model-name", default="clustertune", help="registered model name for the winner")
+    p.add_argument("--storage-path", default=str(DEFAULT_STORAGE), help="Ray Tune results (shared storage on a cluster)")
+    p.add_argument("--name", default=None, help="search name (Tune experiment and MLflow parent run); default: search-<time>")
+    p.add_argument("--resume", action="store_true", help="resume the search --name from --storage-path")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial")
+    p.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo", help="asha stops trials early on validation reconstruction loss")
+    p.add_argument("--weights", type=float, nargs=2, default=(1.0, 1.0), metavar=("W_SIL", "W_RECON"), help="winner rule weights")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (from its last checkpoint)")
+    p.add_argument("--smoke", action="store_true", help=f"tiny search: smoke space, digits, {SMOKE_SAMPLES} trials")
+    return p.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> tuple[SearchSpace, int]:
+    """Everything that can be checked before Ray or MLflow start. Raises UsageError."""
+    if args.smoke:
+        args.space = "smoke" if args.space == "default" else args.space
+        args.dataset = "digits" if args.dataset == "auto" else args.dataset
+    if args.num_samples is not None and args.num_samples < 1:
+        raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UsageError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    if not args.cpus_per_trial > 0:
+        raise UsageError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
+    if not args.gpus_per_trial >= 0:
+        raise UsageError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
+    if not 0 <= args.val_fraction < 1:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if min(args.weights) < 0 or max(args.weights) <= 0 or not all(map(math.isfinite, args.weights)):
+        raise UsageError(f"--weights must be >= 0 and not all 0, got {list(args.weights)}")
+    if args.max_failures < 0:
+        raise UsageError(f"--max-failures must be >= 0, got {args.max_failures}")
+    if args.resume and not args.name:
+        raise UsageError("--resume needs --name (the search to resume)")
+    if args.name is not None and (not args.name or "/" in args.name):
+        raise UsageError(f"--name {args.name!r}: must be non-empty and contain no '/'")
+    try:
+        space = load_space(args.space)
+    except SpaceError as e:
+        raise UsageError(str(e)) from None
+    n = args.num_samples or (SMOKE_SAMPLES if args.smoke else 24)
+    if space.max_trials is not None:
+        n = min(n, space.max_trials)
+    return space, n
+
+
+def define(trial, space: SearchSpace, seed: int) -> dict[str, Any]:
+    """Define-by-run space for OptunaSearch: the YAML space plus the search's seed."""
+    return {**space.define_by_run(trial), "seed": seed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        space, num_samples = check_args(args)
+        tracking_uri = args.mlflow_uri or default_tracking_uri()
+        check_tracking_uri(tracking_uri)
+        dataset = load_dataset(args.dataset, args.data_dir, val_fraction=args.val_fraction, seed=args.seed)
+        if dataset.image_shape[0] % 2 ** _max_conv_depth(space) or dataset.image_shape[1] % 2 ** _max_conv_depth(space):
+            raise UsageError(
+                f"{space.path}: parameters.conv_depth: up to {_max_conv_depth(space)} stages do not fit "
+                f"{dataset.name}'s {dataset.image_shape[0]}x{dataset.image_shape[1]} images"
+            )
+    except (UsageError, SpaceError, DatasetError, TrackingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dataset == "auto" and dataset.name != "mnist":
+        print(
+            "=" * 78 + f"\nMNIST is not on disk under {args.data_dir}/MNIST/raw and could not be downloaded:"
+            " using scikit-learn's 8x8 digits instead.\nPut MNIST's four IDX files there, or pass "
+            "--dataset fashion-mnist (apt-get install dataset-fashion-mnist) or --dataset DIR.\n" + "=" * 78,
+            flush=True,
+        )
+    return run_search(args, space, num_samples, dataset, tracking_uri)
+
+
+def _max_conv_depth(space: SearchSpace) -> int:
+    depths = [pt.get("conv_depth", 0) for pt in space.points]
+    p = space.parameters.get("conv_depth")
+    if p is not None:
+        depths += [p.high or 0, p.value or 0, *(c for c in p.choices if isinstance(c, int))]
+    return int(max(depths, default=0))
+
+
+def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri: str) -> int:
+    """Start Ray and MLflow, run the Tuner, select and record the winner. Returns the exit code."""
+    # Heavy imports only once the input is known to be good: bad input fails in about a second.
+    import optuna
+    import ray
+    from mlflow import MlflowClient
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune import report
+    from tune.tracking import (
+        MLflowTrialLogger,
+        find_search_run,
+        get_or_create_experiment,
+        start_search_run,
+    )
+    from tune.trial import trainable
+
+    # The objectives exist only in a trial's final result (per-epoch results carry the losses), which
+    # is all a multi-objective OptunaSearch reads; Ray's documented switch for that:
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
+    storage = Path(args.storage_path).resolve()
+    experiment_dir = storage / name
+    if args.resume and not tune.Tuner.can_restore(str(experiment_dir)):
+        print(f"error: --resume: no Tune experiment to resume at {experiment_dir}", file=sys.stderr)
+        return 2
+    if not args.resume and experiment_dir.exists():
+        print(f"error: --name {name}: {experiment_dir} exists; pass --resume or another --name", file=sys.stderr)
+        return 2
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = get_or_create_experiment(client, args.experiment, tracking_uri)
+    parent_run_id = find_search_run(client, experiment_id, name) if args.resume else None
+    if parent_run_id is None:
+        params = {
+            "space": str(space.path),
+            "num_samples": num_samples,
+            "seed": args.seed,
+            "scheduler": args.scheduler,
+            "cpus_per_trial": args.cpus_per_trial,
+            "gpus_per_trial": args.gpus_per_trial,
+            "max_concurrent": args.max_concurrent,
+            "weights": list(args.weights),
+            "storage_path": str(storage),
+            **{f"dataset.{k}": v for k, v in dataset.summary().items()},
+        }
+        parent_run_id = start_search_run(client, experiment_id, name, params, space.path)
+
+    if not ray.is_initialized():
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=True)
+    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+    fn = tune.with_resources(tune.with_parameters(trainable, data=dataset), resources)
+    logger = MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id)
+    run_config = tune.RunConfig(
+        name=name,
+        storage_path=str(storage),
+        callbacks=[logger],
+        failure_config=tune.FailureConfig(max_failures=args.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        verbose=1,
+    )
+    start = time.time()
+    if args.resume:
+        tuner = tune.Tuner.restore(str(experiment_dir), trainable=fn, resume_errored=True)
+    else:
+        searcher = OptunaSearch(
+            space=functools.partial(define, space=space, seed=args.seed),
+            metric=list(N.OBJECTIVES),
+            mode=list(N.OBJECTIVES.values()),
+            points_to_evaluate=[dict(p) for p in space.points] or None,
+            sampler=optuna.samplers.TPESampler(seed=args.seed),
+        )
+        scheduler = (
+            ASHAScheduler(metric=N.VAL_LOSS, mode="min", time_attr=N.EPOCH, grace_period=1)
+            if args.scheduler == "asha"
+            else FIFOScheduler()
+        )
+        tuner = tune.Tuner(
+            fn,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=num_samples,
+                max_concurrent_trials=args.max_concurrent,
+            ),
+            run_config=run_config,
+        )
+    results = tuner.fit()
+    elapsed = time.time() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = dict(zip(N.OBJECTIVES, args.weights, strict=True))
+        named_points = list(zip(space.point_names, space.points, strict=True))
+        summary = report.summarise(results, client, parent_run_id, Path(tmp), weights, named_points)
+        champion = None
+        if summary.winner_dir is not None:
+            from tune.champion import log_champion
+
+            example = dataset.x_val[:5] if len(dataset.x_val) else dataset.x_train[:5]
+            champion = log_champion(summary.winner_dir, parent_run_id, args.model_name, example, tracking_uri)
+    client.set_tag(parent_run_id, "elapsed_s", f"{elapsed:.1f}")
+    if logger.pending:
+        client.set_tag(parent_run_id, "mlflow.incomplete_trials", ",".join(sorted(logger.pending)))
+    client.set_terminated(parent_run_id, "FINISHED")
+    print(report.format_summary(summary, champion, args.model_name, elapsed))
+    print(f"\nOpen these runs in the MLflow UI:\n  {report.ui_command(tracking_uri)}")
+    return 0 if summary.front is not None and len(summary.front) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
