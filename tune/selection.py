@@ -26,9 +26,7 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 import pandas as pd
 
-from tune.names import OBJECTIVES  # noqa: E402  (the single source of the objective names)
-
-"""The search's objectives and their directions; the single source of these names."""
+from tune.names import OBJECTIVES  # the single source of the objective names and directions
 
 # Distances this close are a tie: the knee of a symmetric front should not be decided by
 # rounding in the last bit.

@@ -1,0 +1,168 @@
+"""The main job as users run it: `python tune/search.py`, checked through the MLflow client."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from tune import names as N
+from tune.data import load_dataset
+from tune.trial import ARTIFACTS
+
+REPO = Path(__file__).resolve().parent.parent
+SEARCH = [sys.executable, str(REPO / "tune" / "search.py")]
+
+
+def run_search(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*SEARCH, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_help_describes_every_flag():
+    out = run_search("--help", timeout=60)
+    assert out.returncode == 0
+    for flag in ("--space", "--dataset", "--data-dir", "--num-samples", "--max-concurrent",
+                 "--cpus-per-trial", "--gpus-per-trial", "--address", "--mlflow-uri", "--experiment",
+                 "--storage-path", "--name", "--resume", "--seed", "--scheduler", "--smoke"):
+        assert flag in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--num-samples", "0"], "--num-samples must be >= 1"),
+        (["--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
+        (["--max-concurrent", "-1"], "--max-concurrent must be >= 1"),
+        (["--space", "no-such-space"], "no-such-space"),
+        (["--dataset", "no-such-dataset"], "no-such-dataset"),
+        (["--resume"], "--resume needs --name"),
+        (["--mlflow-uri", "http://127.0.0.1:9"], "unreachable"),
+        (["--scheduler", "random"], "invalid choice"),
+        (["--weights", "0", "0"], "--weights"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_starts_nothing(tmp_path, args, message):
+    start = time.monotonic()
+    out = run_search(*args, "--storage-path", str(tmp_path / "ray"), "--mlflow-uri" if "--mlflow-uri" not in args else "--experiment",
+                     f"sqlite:///{tmp_path}/m.db" if "--mlflow-uri" not in args else "x", timeout=60)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+    assert message in lines[-1]
+    assert len([line for line in lines if line.startswith(("error", "usage"))]) <= 2
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "m.db").exists()
+
+
+def test_invalid_space_file_names_file_key_and_reason(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("description: x\nparameters:\n  lr: {type: float, low: 0.1, high: 0.01}\n")
+    out = run_search("--space", str(bad), "--storage-path", str(tmp_path / "ray"), timeout=60)
+    assert out.returncode == 2
+    assert "bad.yaml" in out.stderr and "parameters.lr" in out.stderr and "low" in out.stderr
+    assert not (tmp_path / "ray").exists()
+
+
+@pytest.fixture(scope="module")
+def smoke_search(tmp_path_factory):
+    """One real smoke search on digits: 6 trials, 4 at a time (0.5 CPU each) on a local Ray."""
+    tmp = tmp_path_factory.mktemp("search")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    out = run_search(
+        "--smoke", "--num-samples", "6", "--max-concurrent", "4", "--cpus-per-trial", "0.5",
+        "--storage-path", str(tmp / "ray"), "--mlflow-uri", uri, "--name", "smoke-test",
+        "--experiment", "test-exp", "--model-name", "ct-test",
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out, uri, tmp
+
+
+def _children(client, uri):
+    exp = client.get_experiment_by_name("test-exp")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.info.run_name == "smoke-test"]
+    assert len(parent) == 1
+    parent = parent[0]
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, kids
+
+
+def test_smoke_search_prints_front_and_ui_command(smoke_search):
+    out, uri, _ = smoke_search
+    assert "Pareto front" in out.stdout
+    assert "* " in out.stdout  # the winner's marker
+    assert f"mlflow ui --backend-store-uri {uri}" in out.stdout
+
+
+def test_parent_run_records_what_reproduces_it(smoke_search):
+    _, uri, _ = smoke_search
+    client = MlflowClient(uri)
+    parent, _ = _children(client, uri)
+    tags, params = parent.data.tags, parent.data.params
+    assert "tune/search.py" in tags["command"] and "--smoke" in tags["command"]
+    assert len(tags["mlflow.source.git.commit"]) >= 7
+    assert params["space"].endswith("smoke.yaml")
+    assert params["dataset.name"] == "digits"
+    for lib in ("torch", "ray", "optuna", "mlflow", "scikit-learn"):
+        assert params[f"version.{lib}"]
+    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"all_trials.csv", "pareto.csv", "pareto_front.png", "best_config.yaml", "space"} <= names
+    assert parent.info.status == "FINISHED"
+
+
+def test_every_trial_is_a_complete_child_run(smoke_search):
+    _, uri, _ = smoke_search
+    client = MlflowClient(uri)
+    _, kids = _children(client, uri)
+    assert len(kids) == 6
+    assert len({k.data.tags[("ray.trial_id")] for k in kids}) == 6
+    for run in kids:
+        m, p, t = run.data.metrics, run.data.params, run.data.tags
+        assert p["arch"] in ("mlp", "conv") and "seed" in p
+        for split in N.SPLITS:
+            assert N.metric(split, "recon_loss") in m
+            for c in N.CLUSTERERS:
+                for metric in (*N.CLUSTER_METRICS, *N.LABEL_METRICS):
+                    assert N.metric(split, metric, c) in m, (split, c, metric)
+        assert N.SILHOUETTE in m and N.RECON_LOSS in m
+        assert t[N.STATUS] in ("ok", "degenerate")
+        assert t[N.BEST_CLUSTERER] in ("abo", "kmeans", "none")
+        assert t[N.NODE]
+        epochs = int(p["epochs"])
+        hist = client.get_metric_history(run.info.run_id, N.TRAIN_LOSS)
+        assert sorted(h.step for h in hist if h.step > 0) == list(range(1, epochs + 1)) or len(hist) >= epochs
+        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert set(ARTIFACTS) <= arts
+        assert run.info.status == "FINISHED"
+
+
+def test_four_trials_really_ran_at_once_and_lost_nothing(smoke_search):
+    _, uri, _ = smoke_search
+    client = MlflowClient(uri)
+    _, kids = _children(client, uri)
+    spans = [(k.info.start_time, k.info.end_time) for k in kids]
+    overlap = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+    assert overlap >= 4
+    for k in kids:  # per-epoch points: one per epoch for both losses, none lost
+        epochs = int(k.data.params["epochs"])
+        for key in (N.TRAIN_LOSS, N.VAL_LOSS):
+            steps = [h.step for h in client.get_metric_history(k.info.run_id, key)]
+            assert set(range(1, epochs + 1)) <= set(steps)
+
+
+def test_champion_is_registered_and_predicts(smoke_search):
+    _, uri, _ = smoke_search
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias("ct-test", "champion")
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/ct-test@champion")
+    ds = load_dataset("digits")
+    pred = model.predict(ds.x_test[:50])
+    assert pred.shape == (50,) and pred.dtype == np.int64
+    assert pred.min() >= 0 and pred.max() < 10
+    assert str(version.version) == "1"
