@@ -106,13 +106,49 @@ def sync(device: torch.device | str | None = None) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """(seconds, result) of fn(), CUDA-synchronised on both sides."""
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy ticks of the whole machine, ticks of this process), from /proc; None elsewhere."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        return busy, int(own[11]) + int(own[12])  # utime + stime, all threads
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class OtherLoad:
+    """Average number of cores other processes kept busy between start() and stop()."""
+
+    def __init__(self) -> None:
+        self.t0, self.c0 = time.perf_counter(), _cpu_ticks()
+
+    def stop(self) -> float:
+        c1, wall = _cpu_ticks(), time.perf_counter() - self.t0
+        if self.c0 is None or c1 is None or wall <= 0:
+            return math.nan
+        return max(0.0, ((c1[0] - self.c0[0]) - (c1[1] - self.c0[1])) / _TICK / wall)
+
+
+LOADS: list[float] = []  # other processes' load during every timed() call, for the summary
+
+
+def timed(fn: Callable[[], Any], loads: list[float] | None = None) -> tuple[float, Any]:
+    """(seconds, result) of fn(), CUDA-synchronised on both sides; appends others' load to `loads`."""
     sync()
+    meter = OtherLoad()
     t0 = time.perf_counter()
     out = fn()
     sync()
-    return time.perf_counter() - t0, out
+    elapsed = time.perf_counter() - t0
+    load = meter.stop()
+    LOADS.append(load)
+    if loads is not None:
+        loads.append(load)
+    return elapsed, out
 
 
 def fmt_s(s: float | None) -> str:
@@ -127,15 +163,38 @@ def fmt_ratio(r: float | None) -> str:
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    return "\n".join(
+        [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        + [line(r) for r in rows]
+    )
 
 
 class Row:
     """One line of the main table: ours vs reference."""
 
-    def __init__(self, section: str, case: str, ours: float, ref: float, target: float | None = None, note: str = "") -> None:
-        self.section, self.case, self.ours, self.ref, self.target, self.note = section, case, ours, ref, target, note
+    def __init__(
+        self,
+        section: str,
+        case: str,
+        ours: float,
+        ref: float,
+        target: float | None = None,
+        note: str = "",
+        load: tuple[float, float] | None = None,
+    ) -> None:
+        self.section, self.case, self.ours, self.ref, self.target, self.note = (
+            section,
+            case,
+            ours,
+            ref,
+            target,
+            note,
+        )
+        self.load = load  # other processes' average CPU load (cores) while ours / the reference ran
 
     @property
     def ratio(self) -> float:
@@ -145,7 +204,20 @@ class Row:
         verdict = "-"
         if self.target is not None:
             verdict = f">= {self.target:g}x: " + ("met" if self.ratio >= self.target else "NOT met")
-        return [self.section, self.case, fmt_s(self.ours), fmt_s(self.ref), fmt_ratio(self.ratio), verdict, self.note]
+        load = "-" if self.load is None else " / ".join(f"{v:.2f}" for v in self.load)
+        return [
+            self.section,
+            self.case,
+            fmt_s(self.ours),
+            fmt_s(self.ref),
+            fmt_ratio(self.ratio),
+            verdict,
+            load,
+            self.note,
+        ]
+
+
+HEADER = ["section", "case", "ours (s)", "reference (s)", "ratio", "target", "others' load", "note"]
 
 
 def log(msg: str) -> None:
@@ -228,7 +300,9 @@ def loadavg() -> str:
 
 def blobs(n: int, d: int = 64, k: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A clustered float32 embedding (overlapping Gaussian blobs) and its generating labels."""
-    X, y = make_blobs(n_samples=n, n_features=d, centers=k, cluster_std=4.0, center_box=(-5, 5), random_state=seed)
+    X, y = make_blobs(
+        n_samples=n, n_features=d, centers=k, cluster_std=4.0, center_box=(-5, 5), random_state=seed
+    )
     return X.astype(np.float32), y.astype(np.int64)
 
 
@@ -238,7 +312,9 @@ def fashion_mnist(val_fraction: float = 0.0):
         return load_dataset("fashion-mnist", val_fraction=val_fraction, download=False)
     except DatasetError as e:
         log(f"Fashion-MNIST not available ({e})")
-        log(f"install it with:  apt-get install dataset-fashion-mnist   (files land in {DEBIAN_FASHION_MNIST_DIR})")
+        log(
+            f"install it with:  apt-get install dataset-fashion-mnist   (files land in {DEBIAN_FASHION_MNIST_DIR})"
+        )
         return None
 
 
@@ -261,21 +337,28 @@ def bench_silhouette(mode: Mode) -> tuple[list[Row], list[str]]:
     lb = ((Xd**2).sum(1)[:, None] - 2 * Xd @ C.T + (C**2).sum(1)[None]).argmin(1)
     cells = len(np.unique(la * 10 + lb))
     device = pick_device()
-    log(f"silhouette: n={n}, d=64, two labelings (k=10, k={len(np.unique(lb))}, {cells} joint cells), device {device}")
+    log(
+        f"silhouette: n={n}, d=64, two labelings (k=10, k={len(np.unique(lb))}, {cells} joint cells), device {device}"
+    )
 
     w = min(n, 2000)  # warm-up on a slice
     silhouette_scores(X[:w], [la[:w], lb[:w]])
     silhouette_score(X[:w], la[:w])
 
-    t_ours, ours = timed(lambda: silhouette_scores(X, [la, lb]))
+    lo, lr_ = [], []
+    t_ours, ours = timed(lambda: silhouette_scores(X, [la, lb]), lo)
     log(f"  ours (one call, both labelings): {t_ours:.2f} s  {ours}")
-    t_a, ref_a = timed(lambda: silhouette_score(X, la))
-    t_b, ref_b = timed(lambda: silhouette_score(X, lb))
+    t_a, ref_a = timed(lambda: silhouette_score(X, la), lr_)
+    t_b, ref_b = timed(lambda: silhouette_score(X, lb), lr_)
     t_ref = t_a + t_b
     log(f"  sklearn: {t_a:.2f} s + {t_b:.2f} s  {[ref_a, ref_b]}")
     diff = max(abs(ours[0] - ref_a), abs(ours[1] - ref_b))
-    note = f"{n:,}x64, {cells} joint cells; max abs diff {diff:.1e} (scores {ref_a:.4f}, {ref_b:.4f})"
-    return [Row("silhouette", f"2 labelings, {device.type}", t_ours, t_ref, 10, note)], []
+    note = (
+        f"{n:,}x64, {cells} joint cells; max abs diff {diff:.1e} (scores {ref_a:.4f}, {ref_b:.4f})"
+    )
+    return [
+        Row("silhouette", f"2 labelings, {device.type}", t_ours, t_ref, 10, note, (lo[0], max(lr_)))
+    ], []
 
 
 # --------------------------------------------------------------------------- 2. abo
@@ -285,7 +368,9 @@ def bench_abo(mode: Mode) -> tuple[list[Row], list[str]]:
     n, epochs, ref_epochs = mode.n, mode.abo_epochs, mode.abo_ref_epochs
     X, _ = blobs(n, seed=2)
     params = dict(n_clusters=10, lr=0.1, batch_size=32, temperature=1.0, random_state=0)
-    log(f"abo: n={n}, k=10, batch 32, lr 0.1, T=1; ours {epochs} epochs, reference {ref_epochs} measured")
+    log(
+        f"abo: n={n}, k=10, batch 32, lr 0.1, T=1; ours {epochs} epochs, reference {ref_epochs} measured"
+    )
 
     # One-off numba costs: a cold compile of the same kernel (no cache), and the first call of the
     # module's cached kernel in this process (loaded from models/__pycache__ when present).
@@ -293,17 +378,31 @@ def bench_abo(mode: Mode) -> tuple[list[Row], list[str]]:
     cold = numba.njit(cache=False, nogil=True, fastmath=True)(abo._abo_epoch.py_func)
     C0 = tiny[:10].astype(np.float64)
     t_compile, _ = timed(
-        lambda: cold(tiny, np.arange(256), C0.copy(), np.zeros_like(C0), np.zeros_like(C0), 0, 0.1, 1.0, 32, 10**9)
+        lambda: cold(
+            tiny,
+            np.arange(256),
+            C0.copy(),
+            np.zeros_like(C0),
+            np.zeros_like(C0),
+            0,
+            0.1,
+            1.0,
+            32,
+            10**9,
+        )
     )
     hits0 = sum(abo._abo_epoch.stats.cache_hits.values())
     t_first, _ = timed(lambda: abo.ABOClusterer(epochs=1, **params).fit(tiny))
     hit = sum(abo._abo_epoch.stats.cache_hits.values()) > hits0
-    log(f"  numba cold compile {t_compile:.2f} s; first call in process {t_first:.2f} s (disk cache hit: {hit})")
+    log(
+        f"  numba cold compile {t_compile:.2f} s; first call in process {t_first:.2f} s (disk cache hit: {hit})"
+    )
     abo.reference_fit(X[:3200], epochs=1, **params)  # warm-up of the autograd path
 
-    t_ours, est = timed(lambda: abo.ABOClusterer(epochs=epochs, **params).fit(X))
+    lo, lr_ = [], []
+    t_ours, est = timed(lambda: abo.ABOClusterer(epochs=epochs, **params).fit(X), lo)
     log(f"  ours {epochs} epochs: {t_ours:.2f} s ({est.n_iter_} steps)")
-    t_ref_meas, _ = timed(lambda: abo.reference_fit(X, epochs=ref_epochs, **params))
+    t_ref_meas, _ = timed(lambda: abo.reference_fit(X, epochs=ref_epochs, **params), lr_)
     factor = epochs / ref_epochs
     t_ref = t_ref_meas * factor
     log(f"  reference {ref_epochs} epochs: {t_ref_meas:.2f} s -> x{factor:g} = {t_ref:.1f} s")
@@ -315,12 +414,14 @@ def bench_abo(mode: Mode) -> tuple[list[Row], list[str]]:
     d32 = float(np.abs(ours40 - ref40).max())
     d64 = float(np.abs(ours40.astype(np.float64) - ref40_64).max())
     scale = float(np.abs(ref40).max())
-    log(f"  centres after {steps} steps: max abs diff {d32:.2e} (float32 ref), {d64:.2e} (float64 ref); |c|max {scale:.2f}")
+    log(
+        f"  centres after {steps} steps: max abs diff {d32:.2e} (float32 ref), {d64:.2e} (float64 ref); |c|max {scale:.2f}"
+    )
     note = (
         f"{n:,}x64; reference: {ref_epochs} epochs measured ({t_ref_meas:.1f} s), x{factor:g}; "
         f"centres after {steps} steps: max abs diff {d32:.1e} vs float32 ref, {d64:.1e} vs float64 ref"
     )
-    rows = [Row("abo", f"{epochs} epochs, batch 32", t_ours, t_ref, 10, note)]
+    rows = [Row("abo", f"{epochs} epochs, batch 32", t_ours, t_ref, 10, note, (lo[0], lr_[0]))]
     extra = [
         f"- abo: numba one-off costs (not in the table): cold compile of `_abo_epoch` {t_compile:.2f} s; "
         f"first call in this process {t_first:.2f} s (on-disk cache hit: {hit})."
@@ -331,7 +432,9 @@ def bench_abo(mode: Mode) -> tuple[list[Row], list[str]]:
 # --------------------------------------------------------------------------- 3. ae_epoch
 
 
-def reference_train(model: nn.Module, x_cpu: torch.Tensor, device, *, lr, weight_decay, batch_size, epochs, seed) -> list[float]:
+def reference_train(
+    model: nn.Module, x_cpu: torch.Tensor, device, *, lr, weight_decay, batch_size, epochs, seed
+) -> list[float]:
     """The source documents' loop: DataLoader(shuffle=True), Adam(model.parameters()), MSELoss."""
     torch.manual_seed(seed)
     loader = DataLoader(TensorDataset(x_cpu), batch_size=batch_size, shuffle=True)
@@ -374,17 +477,26 @@ def bench_ae_epoch(mode: Mode) -> tuple[list[Row], list[str]]:
     rows = []
     for label, cfg in (("mlp (doc1)", doc_config(0)), ("conv (doc2)", doc_config(1))):
         for bs in (32, 256):
-            kw = dict(lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]), batch_size=bs, seed=0)
+            kw = dict(
+                lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]), batch_size=bs, seed=0
+            )
 
             warm = bs * 20  # ~20 steps of each path before timing
             train_autoencoder(fresh_model(cfg, device), x_dev[:warm], None, epochs=1, **kw)
             reference_train(fresh_model(cfg, device), x_cpu[:warm], device, epochs=1, **kw)
             m_ours, m_ref = fresh_model(cfg, device), fresh_model(cfg, device)
-            t_ours, h_ours = timed(lambda m=m_ours, kw=kw: train_autoencoder(m, x_dev, None, epochs=1, **kw))
-            t_ref, h_ref = timed(lambda m=m_ref, kw=kw: reference_train(m, x_cpu, device, epochs=1, **kw))
+            ld: list[float] = []
+            t_ours, h_ours = timed(
+                lambda m=m_ours, kw=kw: train_autoencoder(m, x_dev, None, epochs=1, **kw), ld
+            )
+            t_ref, h_ref = timed(
+                lambda m=m_ref, kw=kw: reference_train(m, x_cpu, device, epochs=1, **kw), ld
+            )
             note = f"loss after 1 epoch: ours {h_ours[-1]['train_loss']:.4f}, ref {h_ref[-1]:.4f}"
             log(f"  {label} batch {bs}: ours {t_ours:.2f} s, ref {t_ref:.2f} s ({note})")
-            rows.append(Row("ae_epoch", f"{label}, batch {bs}", t_ours, t_ref, None, note))
+            rows.append(
+                Row("ae_epoch", f"{label}, batch {bs}", t_ours, t_ref, None, note, (ld[0], ld[1]))
+            )
     return rows, []
 
 
@@ -449,7 +561,9 @@ def run_ours(config: dict[str, Any], dataset) -> tuple[dict[str, Any], dict[str,
     return result, stages, total
 
 
-def run_reference(config: dict[str, Any], dataset, ref_abo_epochs: int | None) -> tuple[dict[str, Any], dict[str, float], float, str]:
+def run_reference(
+    config: dict[str, Any], dataset, ref_abo_epochs: int | None
+) -> tuple[dict[str, Any], dict[str, float], float, str]:
     """The same trial written the plain way: DataLoader training, autograd ABO, sklearn everything."""
     timer = StageTimer()
     t0 = time.perf_counter()
@@ -469,21 +583,35 @@ def run_reference(config: dict[str, Any], dataset, ref_abo_epochs: int | None) -
     timer.run(
         "AE train",
         lambda: reference_train(
-            model, xs["train"], device, lr=float(config["lr"]), weight_decay=float(config["weight_decay"]),
-            batch_size=bs, epochs=int(config["epochs"]), seed=seed,
+            model,
+            xs["train"],
+            device,
+            lr=float(config["lr"]),
+            weight_decay=float(config["weight_decay"]),
+            batch_size=bs,
+            epochs=int(config["epochs"]),
+            seed=seed,
         ),
     )
 
     @torch.no_grad()
     def embed(x):
         model.eval()
-        return torch.cat([model.encode(xb.to(device)).cpu() for (xb,) in DataLoader(TensorDataset(x), batch_size=bs)]).numpy()
+        return torch.cat(
+            [
+                model.encode(xb.to(device)).cpu()
+                for (xb,) in DataLoader(TensorDataset(x), batch_size=bs)
+            ]
+        ).numpy()
 
     @torch.no_grad()
     def recon(x):
         model.eval()
         crit = nn.MSELoss(reduction="sum")
-        total = sum(crit(model(xb.to(device)), xb.to(device)).item() for (xb,) in DataLoader(TensorDataset(x), batch_size=bs))
+        total = sum(
+            crit(model(xb.to(device)), xb.to(device)).item()
+            for (xb,) in DataLoader(TensorDataset(x), batch_size=bs)
+        )
         return total / x.numel()
 
     z = timer.run("embed", lambda: {s: embed(x) for s, x in xs.items()})
@@ -493,22 +621,39 @@ def run_reference(config: dict[str, Any], dataset, ref_abo_epochs: int | None) -
     epochs = int(config["abo_epochs"])
     ref_epochs = ref_abo_epochs if ref_abo_epochs else epochs
     abo_kw = dict(
-        n_clusters=int(config["n_clusters"]), lr=float(config["abo_lr"]), batch_size=config["abo_batch_size"],
-        temperature=float(config["abo_temperature"]), init=config.get("abo_init", "farthest"), random_state=seed,
+        n_clusters=int(config["n_clusters"]),
+        lr=float(config["abo_lr"]),
+        batch_size=config["abo_batch_size"],
+        temperature=float(config["abo_temperature"]),
+        init=config.get("abo_init", "farthest"),
+        random_state=seed,
     )
     t_abo, (centres, _) = timed(lambda: abo.reference_fit(z["train"], epochs=ref_epochs, **abo_kw))
-    abo_note = f"{ref_epochs} epochs measured" if ref_epochs == epochs else f"{ref_epochs} epochs measured, x{epochs / ref_epochs:g}"
+    abo_note = (
+        f"{ref_epochs} epochs measured"
+        if ref_epochs == epochs
+        else f"{ref_epochs} epochs measured, x{epochs / ref_epochs:g}"
+    )
 
     @torch.no_grad()
     def abo_labels(zs):  # the document's label rule: argmax of the soft assignment
         net = abo.ABONet(torch.from_numpy(centres), float(config["abo_temperature"]))
-        return torch.cat([net(torch.from_numpy(c))[1].argmax(1) for c in np.array_split(zs, max(1, len(zs) // 4096))]).numpy()
+        return torch.cat(
+            [
+                net(torch.from_numpy(c))[1].argmax(1)
+                for c in np.array_split(zs, max(1, len(zs) // 4096))
+            ]
+        ).numpy()
 
     t_pred, abo_lab = timed(lambda: {s: abo_labels(zz) for s, zz in z.items()})
     timer.t["ABO"] += t_abo * epochs / ref_epochs + t_pred
 
     def kmeans():
-        km = KMeans(n_clusters=int(config["n_clusters"]), n_init=int(config["kmeans_n_init"]), random_state=seed).fit(z["train"])
+        km = KMeans(
+            n_clusters=int(config["n_clusters"]),
+            n_init=int(config["kmeans_n_init"]),
+            random_state=seed,
+        ).fit(z["train"])
         return {"train": km.labels_, "test": km.predict(z["test"])}
 
     km_lab = timer.run("KMeans", kmeans)
@@ -534,11 +679,16 @@ def bench_trial(mode: Mode, ref_abo_epochs: int | None) -> tuple[list[Row], list
     dataset = fashion_mnist(val_fraction=0.0)
     if dataset is None:
         log("trial: skipped (no Fashion-MNIST)")
-        return [], ["- trial: skipped, Fashion-MNIST not installed (`apt-get install dataset-fashion-mnist`)."]
+        return [], [
+            "- trial: skipped, Fashion-MNIST not installed (`apt-get install dataset-fashion-mnist`)."
+        ]
     if mode.trial_train is not None:
         dataset = dataclasses.replace(
-            dataset, x_train=dataset.x_train[: mode.trial_train], y_train=dataset.y_train[: mode.trial_train],
-            x_test=dataset.x_test[: mode.trial_test], y_test=dataset.y_test[: mode.trial_test],
+            dataset,
+            x_train=dataset.x_train[: mode.trial_train],
+            y_train=dataset.y_train[: mode.trial_train],
+            x_test=dataset.x_test[: mode.trial_test],
+            y_test=dataset.y_test[: mode.trial_test],
         )
     config = doc_config(0)
     if mode.trial_ae_epochs is not None:
@@ -551,34 +701,75 @@ def bench_trial(mode: Mode, ref_abo_epochs: int | None) -> tuple[list[Row], list
         f"trial: {dataset.name} {len(dataset.x_train):,} train / {len(dataset.x_test):,} test, "
         f"AE {config['epochs']} epochs batch {config['batch_size']}, ABO {config['abo_epochs']} epochs, device {pick_device()}"
     )
-    abo.ABOClusterer(epochs=1).fit(np.random.default_rng(0).normal(size=(256, 64)))  # load numba kernel
+    # load the numba kernel before timing
+    abo.ABOClusterer(epochs=1).fit(np.random.default_rng(0).normal(size=(256, 64)))
 
+    meter = OtherLoad()
     ours, st_ours, t_ours = run_ours(config, dataset)
+    load_ours = meter.stop()
     log(f"  ours: {t_ours:.1f} s  " + ", ".join(f"{k} {v:.1f}" for k, v in st_ours.items()))
+    meter = OtherLoad()
     ref, st_ref, t_ref, abo_note = run_reference(config, dataset, ref_abo_epochs)
-    log(f"  reference: {t_ref:.1f} s  " + ", ".join(f"{k} {v:.1f}" for k, v in st_ref.items()) + f" (ABO: {abo_note})")
+    load_ref = meter.stop()
+    log(
+        f"  reference: {t_ref:.1f} s  "
+        + ", ".join(f"{k} {v:.1f}" for k, v in st_ref.items())
+        + f" (ABO: {abo_note})"
+    )
 
     note = f"AE {config['epochs']} ep, ABO {config['abo_epochs']} ep; reference ABO: {abo_note}"
-    rows = [Row("trial", f"doc1 on {dataset.name}, total", t_ours, t_ref, 8, note)]
-    rows += [Row("trial", f"  stage: {s}", st_ours.get(s, 0.0), st_ref.get(s, 0.0), None, abo_note if s == "ABO" else "") for s in STAGES]
+    rows = [
+        Row(
+            "trial", f"doc1 on {dataset.name}, total", t_ours, t_ref, 8, note, (load_ours, load_ref)
+        )
+    ]
+    rows += [
+        Row(
+            "trial",
+            f"  stage: {s}",
+            st_ours.get(s, 0.0),
+            st_ref.get(s, 0.0),
+            None,
+            abo_note if s == "ABO" else "",
+        )
+        for s in STAGES
+    ]
 
     metric_rows = []
     for name in ("abo", "kmeans"):
         for i, m in enumerate(("silhouette", "davies_bouldin", "calinski_harabasz")):
             key = f"test/{name}/{m}"
-            metric_rows.append([name, m, f"{ours[key]:.4g}", f"{ref[key]:.4g}", f"{DOC1_TEST[name][i]:.4g}"])
+            metric_rows.append(
+                [name, m, f"{ours[key]:.4g}", f"{ref[key]:.4g}", f"{DOC1_TEST[name][i]:.4g}"]
+            )
         key = f"test/{name}/nmi"
         metric_rows.append([name, "nmi (labels)", f"{ours[key]:.4g}", f"{ref[key]:.4g}", "-"])
-    metric_rows.append(["-", "recon loss (test MSE)", f"{ours['test/recon_loss']:.4g}", f"{ref['test/recon_loss']:.4g}", "-"])
+    metric_rows.append(
+        [
+            "-",
+            "recon loss (test MSE)",
+            f"{ours['test/recon_loss']:.4g}",
+            f"{ref['test/recon_loss']:.4g}",
+            "-",
+        ]
+    )
     table = md_table(["clusterer", "test metric", "ours", "reference", "doc1 (MNIST)"], metric_rows)
-    print("\nTrial sanity check: final test metrics (ours and reference on Fashion-MNIST; doc1 on MNIST)\n" + table + "\n")
+    print(
+        "\nTrial sanity check: final test metrics (ours and reference on Fashion-MNIST; doc1 on MNIST)\n"
+        + table
+        + "\n"
+    )
     extra = [
         "",
         f"Trial sanity check: test metrics of both pipelines on {dataset.name} ({len(dataset.x_test):,} test images), "
         "next to the first document's reported test figures (which were on MNIST, not Fashion-MNIST). "
         "The pipelines share the config and seed but not their random streams (DataLoader vs generator "
         "shuffles), so their numbers agree in kind, not digit for digit."
-        + ("" if ref_abo_epochs is None else f" The reference ABO centres come from only {ref_abo_epochs} epochs."),
+        + (
+            ""
+            if ref_abo_epochs is None
+            else f" The reference ABO centres come from only {ref_abo_epochs} epochs."
+        ),
         "",
         table,
     ]
@@ -588,18 +779,42 @@ def bench_trial(mode: Mode, ref_abo_epochs: int | None) -> tuple[list[Row], list
 # --------------------------------------------------------------------------- main
 
 
-def append_results(mode: Mode, args: argparse.Namespace, rows: list[Row], extra: list[str], started: str, load0: str, wall: float) -> None:
-    header = ["section", "case", "ours (s)", "reference (s)", "ratio", "target", "note"]
+def disturbance_note() -> str:
+    """How busy other processes kept the machine during the timed calls (the table's 'others' load')."""
+    loads = [v for v in LOADS if math.isfinite(v)]
+    if not loads:
+        return "others' load: not measured"
+    peak = max(loads)
+    text = (
+        f"'others' load' = average number of cores kept busy by OTHER processes while ours / the reference ran "
+        f"(from /proc/stat minus this process); peak {peak:.2f} over all timed calls"
+    )
+    if peak > 0.25:
+        text += f" -- WARNING: the machine was shared (up to {peak:.1f} of {os.cpu_count()} cores), timings are disturbed"
+    return text
+
+
+def append_results(
+    mode: Mode,
+    args: argparse.Namespace,
+    rows: list[Row],
+    extra: list[str],
+    started: str,
+    load0: str,
+    wall: float,
+) -> None:
     lines = [
         "",
         f"## {started} — bench_core.py, {mode.name} mode",
         "",
-        f"Command: `.venv/bin/python bench/bench_core.py {' '.join(sys.argv[1:])}`".rstrip() + f" (sections: {', '.join(args.only)})",
+        f"Command: `.venv/bin/python bench/bench_core.py {' '.join(sys.argv[1:])}`".rstrip()
+        + f" (sections: {', '.join(args.only)})",
         "",
         *machine_lines(),
         f"- load average (1/5/15 min) at start {load0}, at end {loadavg()}; whole run {wall / 60:.1f} min",
+        f"- {disturbance_note()}",
         "",
-        md_table(header, [r.cells() for r in rows]),
+        md_table(HEADER, [r.cells() for r in rows]),
         "",
         *extra,
         "",
@@ -615,13 +830,26 @@ def append_results(mode: Mode, args: argparse.Namespace, rows: list[Row], extra:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, ~1 minute: checks the script works")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="NAME", help=f"sections to run: {', '.join(SECTIONS)}")
     parser.add_argument(
-        "--ref-abo-epochs", type=int, default=None,
+        "--quick", action="store_true", help="tiny sizes, ~1 minute: checks the script works"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        metavar="NAME",
+        help=f"sections to run: {', '.join(SECTIONS)}",
+    )
+    parser.add_argument(
+        "--ref-abo-epochs",
+        type=int,
+        default=None,
         help="trial: time the reference ABO over this many epochs and extrapolate (default: all of them)",
     )
-    parser.add_argument("--no-write", action="store_true", help="print only; do not append to bench/RESULTS.md")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; do not append to bench/RESULTS.md"
+    )
     args = parser.parse_args(argv)
     mode = QUICK if args.quick else FULL
     started = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -643,12 +871,11 @@ def main(argv: list[str] | None = None) -> None:
             rows += r
             extra += e
     wall = time.perf_counter() - t0
-    header = ["section", "case", "ours (s)", "reference (s)", "ratio", "target", "note"]
-    print("\n" + md_table(header, [r.cells() for r in rows]))
+    print("\n" + md_table(HEADER, [r.cells() for r in rows]))
     for line in extra:
         if line.startswith("- "):
             print(line)
-    print(f"\nload average at end {loadavg()}; whole run {wall / 60:.1f} min")
+    print(f"\nload average at end {loadavg()}; whole run {wall / 60:.1f} min\n{disturbance_note()}")
     if not args.no_write:
         append_results(mode, args, rows, extra, started, load0, wall)
         print(f"appended to {RESULTS.relative_to(ROOT)}")
