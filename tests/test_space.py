@@ -14,7 +14,8 @@ import yaml
 
 from tune.space import SearchSpace, SpaceError, load_space, spaces_dir, validate_config
 
-SHIPPED = ["default", "mlp", "conv", "seeds", "smoke"]
+SHIPPED = sorted(p.stem for p in spaces_dir().glob("*.yaml"))  # every file, whatever is added
+BENCH_SPACES = sorted((spaces_dir().parent / "bench" / "spaces").glob("*.yaml"))
 
 # The source documents' configurations, typed out independently of seeds.yaml so a typo there
 # is caught (they must match the documents, not merely each other).
@@ -73,6 +74,15 @@ def test_shipped_space_loads(name: str) -> None:
     assert space.path == spaces_dir() / f"{name}.yaml"
     assert space.description and "\n" not in space.description
     assert len(space.points) == space.num_points == len(space.point_names)
+
+
+def test_the_five_documented_spaces_ship() -> None:
+    assert {"default", "mlp", "conv", "seeds", "smoke"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("path", BENCH_SPACES, ids=lambda p: p.name)
+def test_bench_space_loads(path: Path) -> None:
+    assert load_space(path).description
 
 
 def test_shipped_points() -> None:

@@ -250,6 +250,13 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
         )
     results = tuner.fit()
     elapsed = time.time() - start
+    try:  # whatever the callback could not log (tracking server down, driver restarted) is logged now
+        fixed = logger.sync(results)
+        if fixed:
+            print(f"MLflow: completed {fixed} trial run(s) from Ray's results", flush=True)
+    except Exception as e:  # noqa: BLE001 - results are safe in Ray's experiment directory
+        print(f"warning: MLflow sync failed ({str(e).splitlines()[0][:200]}); results stay in "
+              f"{experiment_dir}; run again with --name {name} --resume to log them", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         weights = dict(zip(N.OBJECTIVES, args.weights, strict=True))
         named_points = list(zip(space.point_names, space.points, strict=True))

@@ -210,6 +210,37 @@ class MLflowTrialLogger(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._safely(trial.trial_id, "finish run", lambda: self._finish(trial, "FAILED"))
 
+    def sync(self, results) -> int:
+        """Make sure every trial of a Tune ResultGrid has a complete run; returns how many it fixed.
+
+        Re-logs a trial's whole history (Ray's progress.csv), final tags and artifacts when its run
+        is missing or unfinished, e.g. after the tracking server was down during the search.
+        """
+        fixed = 0
+        for r in results:
+            metrics = dict(r.metrics or {})
+            trial_id = metrics.get("trial_id")
+            if not trial_id:
+                continue
+            run_id = self.run_id_for(trial_id, r.config or {}, Path(r.path).name)
+            run = self.client.get_run(run_id)
+            if run.info.status in ("FINISHED", "FAILED") and N.STATUS in run.data.tags:
+                continue
+            history = r.metrics_dataframe
+            if history is not None:
+                for row in history.to_dict("records"):
+                    if N.STATUS not in row or not isinstance(row.get(N.STATUS), str):
+                        log_trial_result(self.client, run_id, {k: v for k, v in row.items() if k != N.STATUS})
+            log_trial_result(self.client, run_id, metrics)
+            if r.checkpoint is not None and r.error is None:
+                with r.checkpoint.as_directory() as d:
+                    log_trial_artifacts(self.client, run_id, Path(d))
+            failed = r.error is not None or metrics.get(N.STATUS) == "diverged"
+            self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+            self.pending.discard(trial_id)
+            fixed += 1
+        return fixed
+
     def _finish(self, trial, status: str) -> None:
         run_id = self.run_id_for(trial.trial_id, trial.config, str(trial))
         checkpoint = trial.checkpoint

@@ -1,0 +1,132 @@
+"""Search throughput and the overhead of Ray Tune + MLflow over calling the trial function directly.
+
+For each space it (1) runs the real command, `python tune/search.py --space S --num-samples N
+--max-concurrent 2` (fresh Ray, fresh sqlite MLflow store), timing it end to end, then (2) replays
+exactly the same trial configs through `tune.trial.run_trial` in a plain 2-process pool on the
+same data, and reports trials per hour for both and the overhead ratio. Appends to
+bench/RESULTS.md.
+
+    .venv/bin/python bench/bench_search.py                          # smoke (digits) + medium (Fashion-MNIST)
+    .venv/bin/python bench/bench_search.py --only smoke
+    .venv/bin/python bench/bench_search.py --from-search NAME --storage-path DIR --dataset fashion-mnist
+        # replay the trials of an existing search (e.g. the default one) instead of running one
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CASES = {
+    "smoke": {"space": "smoke", "dataset": "digits", "num_samples": 8},
+    "medium": {"space": str(REPO / "bench/spaces/medium.yaml"), "dataset": "fashion-mnist", "num_samples": 6},
+}
+
+
+def _direct(args: tuple[dict, str]) -> float:
+    """Run one trial in this worker process exactly as a 1-CPU Tune trial would."""
+    config, dataset_name = args
+    import torch
+
+    from tune.data import load_dataset
+    from tune.trial import run_trial
+
+    torch.set_num_threads(1)
+    ds = _direct.cache.get(dataset_name) if hasattr(_direct, "cache") else None
+    if ds is None:
+        ds = load_dataset(dataset_name, seed=config["seed"])
+        _direct.cache = {dataset_name: ds}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:  # the same outputs the Tune trial writes
+        run_trial(config, ds, device="cpu", out_dir=out)
+    return time.perf_counter() - start
+
+
+def trial_configs(storage: Path, name: str) -> list[dict]:
+    configs = []
+    for params in sorted((storage / name).glob("*/params.json")):
+        configs.append(json.loads(params.read_text()))
+    return configs
+
+
+def run_case(label: str, space: str, dataset: str, num_samples: int) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
+    cmd = [
+        sys.executable, str(REPO / "tune/search.py"), "--space", space, "--dataset", dataset,
+        "--num-samples", str(num_samples), "--max-concurrent", "2", "--cpus-per-trial", "1",
+        "--storage-path", str(tmp / "ray"), "--mlflow-uri", f"sqlite:///{tmp}/mlflow.db", "--name", label,
+    ]
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    search_s = time.perf_counter() - start
+    if out.returncode != 0:
+        raise SystemExit(f"search failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return replay(label, tmp / "ray", label, dataset, search_s)
+
+
+def replay(label: str, storage: Path, name: str, dataset: str, search_s: float) -> dict:
+    configs = trial_configs(storage, name)
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        per_trial = list(pool.map(_direct, [(c, dataset) for c in configs]))
+    direct_s = time.perf_counter() - start
+    n = len(configs)
+    return {
+        "case": label, "trials": n, "search_s": search_s, "direct_s": direct_s,
+        "search_trials_per_h": 3600 * n / search_s, "direct_trials_per_h": 3600 * n / direct_s,
+        "overhead": search_s / direct_s - 1, "mean_trial_s": sum(per_trial) / n,
+    }
+
+
+def machine() -> str:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return f"{cpu}, {os.cpu_count()} cores, GPU: {gpu}, torch {torch.__version__}, commit {commit}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", nargs="*", choices=list(CASES), default=list(CASES))
+    p.add_argument("--from-search", help="replay this existing search (Tune experiment name) instead")
+    p.add_argument("--storage-path", default=str(REPO / "ray_results"))
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--search-seconds", type=float, help="wall time of that search (from its log/MLflow)")
+    args = p.parse_args()
+    if args.from_search:
+        rows = [replay(args.from_search, Path(args.storage_path), args.from_search, args.dataset, args.search_seconds)]
+    else:
+        rows = [run_case(c, **CASES[c]) for c in args.only]
+    lines = [
+        f"\n## Search throughput and overhead ({time.strftime('%Y-%m-%d %H:%M')})\n",
+        f"Machine: {machine()}. 2 concurrent trials, 1 CPU each; direct = the same configs through "
+        "`run_trial` in a 2-process pool.\n",
+        "| case | trials | search wall (s) | direct wall (s) | search trials/h | direct trials/h | overhead | mean trial (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['trials']} | {r['search_s']:.1f} | {r['direct_s']:.1f} | "
+            f"{r['search_trials_per_h']:.0f} | {r['direct_trials_per_h']:.0f} | {100 * r['overhead']:+.1f}% | {r['mean_trial_s']:.1f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(REPO / "bench" / "RESULTS.md", "a") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
