@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tune.mlp_step import MLPStep
+
 
 EVAL_BATCH = 512  # inference batch: larger ones fall out of cache for conv models on the CPU
 
@@ -153,15 +155,19 @@ def train_autoencoder(
             "history": list(history),
         }
 
+    fast_step = MLPStep.for_model(model)  # closed-form gradients for the plain MLP, else autograd
     n = len(x_train)
     for epoch in range(len(history) + 1, epochs + 1):
         order = torch.randperm(n, generator=gen).to(x_train.device)
         total = torch.zeros((), device=x_train.device)
         for start in range(0, n, batch_size):
             xb = x_train[order[start : start + batch_size]]
-            loss = nn.functional.mse_loss(model(xb), xb)
-            flat.grad.zero_()
-            loss.backward()
+            if fast_step is not None:
+                loss = fast_step(xb)
+            else:
+                loss = nn.functional.mse_loss(model(xb), xb)
+                flat.grad.zero_()
+                loss.backward()
             opt.step()
             total += loss.detach() * len(xb)  # no .item() per step: it would sync a GPU
         train_loss = total.item() / n
