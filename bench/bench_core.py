@@ -1,6 +1,7 @@
 """Core benchmark: clustertune's hot paths against the plain PyTorch / scikit-learn way of doing them.
 
-    .venv/bin/python bench/bench_core.py [--quick] [--only NAME ...] [--ref-abo-epochs N]
+    .venv/bin/python bench/bench_core.py [--quick] [--only NAME ...]
+        [--ref-abo-epochs N] [--wait-quiet SECONDS] [--no-write]
 
 Run on demand, never as a timed test. Every comparison is measured in the same run against its
 reference, on this machine; the script prints a table and APPENDS a dated section (machine, versions,
@@ -30,6 +31,12 @@ Sections (NAME for --only):
 use it to check the script works, not for numbers. Timings use time.perf_counter after a warm-up;
 the one-off numba compile time is reported separately. CUDA is used when present (the code under
 test picks it itself; the references use the same device for the autoencoder).
+
+Shared machines: before each measurement the script waits (up to --wait-quiet seconds) until other
+processes leave the CPUs, and the table's "others' load" column records how many cores other
+processes kept busy while ours / the reference ran (from /proc/stat). Anything well above 0 means
+that row's timings are disturbed: on 2 cores a competing process can slow torch's small-op loops
+far more than 2x (OpenMP threads spin while their core is taken).
 """
 
 from __future__ import annotations
@@ -134,10 +141,33 @@ class OtherLoad:
 
 
 LOADS: list[float] = []  # other processes' load during every timed() call, for the summary
+QUIET = {"max_wait": 300.0, "threshold": 0.25, "waited": 0.0}  # set from --wait-quiet in main()
+
+
+def wait_quiet() -> None:
+    """Before a measurement, wait (up to QUIET["max_wait"] s) until other processes leave the CPUs.
+
+    On a shared machine a second CPU-bound process does not just halve our speed: torch's OpenMP
+    threads spin at barriers while their core is taken, which can slow tiny-op loops tenfold.
+    """
+    deadline = time.perf_counter() + QUIET["max_wait"]
+    t0, announced = time.perf_counter(), False
+    while time.perf_counter() < deadline:
+        meter = OtherLoad()
+        time.sleep(2.0)
+        load = meter.stop()
+        if not math.isfinite(load) or load < QUIET["threshold"]:
+            break
+        if not announced:
+            log(f"  waiting for a quiet machine (other processes use {load:.1f} cores)")
+            announced = True
+    QUIET["waited"] += time.perf_counter() - t0
 
 
 def timed(fn: Callable[[], Any], loads: list[float] | None = None) -> tuple[float, Any]:
     """(seconds, result) of fn(), CUDA-synchronised on both sides; appends others' load to `loads`."""
+    if QUIET["max_wait"] > 0:
+        wait_quiet()
     sync()
     meter = OtherLoad()
     t0 = time.perf_counter()
@@ -159,6 +189,10 @@ def fmt_s(s: float | None) -> str:
 
 def fmt_ratio(r: float | None) -> str:
     return "-" if r is None or not math.isfinite(r) else f"{r:.1f}x"
+
+
+def fmt_load(v: float) -> str:
+    return "-" if not math.isfinite(v) else f"{v:.2f}"
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -184,7 +218,7 @@ class Row:
         ref: float,
         target: float | None = None,
         note: str = "",
-        load: tuple[float, float] | None = None,
+        load: tuple[float, ...] | None = None,
     ) -> None:
         self.section, self.case, self.ours, self.ref, self.target, self.note = (
             section,
@@ -204,7 +238,7 @@ class Row:
         verdict = "-"
         if self.target is not None:
             verdict = f">= {self.target:g}x: " + ("met" if self.ratio >= self.target else "NOT met")
-        load = "-" if self.load is None else " / ".join(f"{v:.2f}" for v in self.load)
+        load = "-" if self.load is None else " / ".join(fmt_load(v) for v in self.load)
         return [
             self.section,
             self.case,
@@ -354,10 +388,11 @@ def bench_silhouette(mode: Mode) -> tuple[list[Row], list[str]]:
     log(f"  sklearn: {t_a:.2f} s + {t_b:.2f} s  {[ref_a, ref_b]}")
     diff = max(abs(ours[0] - ref_a), abs(ours[1] - ref_b))
     note = (
-        f"{n:,}x64, {cells} joint cells; max abs diff {diff:.1e} (scores {ref_a:.4f}, {ref_b:.4f})"
+        f"{n:,}x64, {cells} joint cells; sklearn {t_a:.1f} s + {t_b:.1f} s (load: ours / each sklearn "
+        f"call); max abs diff {diff:.1e} (scores {ref_a:.4f}, {ref_b:.4f})"
     )
     return [
-        Row("silhouette", f"2 labelings, {device.type}", t_ours, t_ref, 10, note, (lo[0], max(lr_)))
+        Row("silhouette", f"2 labelings, {device.type}", t_ours, t_ref, 10, note, (lo[0], *lr_))
     ], []
 
 
@@ -507,36 +542,55 @@ STAGES = ("setup", "AE train", "embed", "recon loss", "ABO", "KMeans", "metrics"
 
 
 class StageTimer:
-    """Accumulates wall time per stage."""
+    """Accumulates wall time, and other processes' CPU use, per stage.
+
+    A gated call first waits for a quiet machine (see wait_quiet); the wait is not timed, and is
+    summed in `waited` so a caller timing a whole pipeline can take it out.
+    """
 
     def __init__(self) -> None:
         self.t: dict[str, float] = defaultdict(float)
+        self.others: dict[str, float] = defaultdict(float)  # core-seconds used by other processes
+        self.waited = 0.0
 
-    def wrap(self, stage: str, fn: Callable) -> Callable:
+    def wrap(self, stage: str, fn: Callable, gate: bool = False) -> Callable:
         def inner(*a, **k):
+            if gate and QUIET["max_wait"] > 0:
+                w0 = time.perf_counter()
+                wait_quiet()
+                self.waited += time.perf_counter() - w0
             sync()
+            meter = OtherLoad()
             t0 = time.perf_counter()
             try:
                 return fn(*a, **k)
             finally:
                 sync()
-                self.t[stage] += time.perf_counter() - t0
+                elapsed = time.perf_counter() - t0
+                self.t[stage] += elapsed
+                self.others[stage] += meter.stop() * elapsed
 
         return inner
 
-    def run(self, stage: str, fn: Callable[[], Any]) -> Any:
-        return self.wrap(stage, fn)()
+    def run(self, stage: str, fn: Callable[[], Any], gate: bool = False) -> Any:
+        return self.wrap(stage, fn, gate)()
+
+    def load(self, stage: str | None = None) -> float:
+        """Average cores used by other processes during `stage` (None: all stages)."""
+        keys = [stage] if stage else list(self.t)
+        wall = sum(self.t[k] for k in keys)
+        return sum(self.others[k] for k in keys) / wall if wall > 0 else math.nan
 
 
-def run_ours(config: dict[str, Any], dataset) -> tuple[dict[str, Any], dict[str, float], float]:
+def run_ours(config: dict[str, Any], dataset) -> tuple[dict[str, Any], StageTimer, float]:
     """tune.trial.run_trial, with its stage functions wrapped (in tune.trial's namespace) for timing."""
     timer = StageTimer()
-    patched = {
-        "train_autoencoder": "AE train",
-        "embed": "embed",
-        "reconstruction_loss": "recon loss",
-        "cluster_scores": "metrics",
-        "label_scores": "metrics",
+    patched = {  # name in tune.trial -> (stage, wait for a quiet machine first)
+        "train_autoencoder": ("AE train", True),
+        "embed": ("embed", False),
+        "reconstruction_loss": ("recon loss", False),
+        "cluster_scores": ("metrics", True),
+        "label_scores": ("metrics", False),
     }
     saved = {name: getattr(trial_mod, name) for name in [*patched, "make_clusterers"]}
     orig_make = trial_mod.make_clusterers
@@ -544,29 +598,31 @@ def run_ours(config: dict[str, Any], dataset) -> tuple[dict[str, Any], dict[str,
     def make_clusterers(cfg):
         ests = orig_make(cfg)
         for name, stage in (("abo", "ABO"), ("kmeans", "KMeans")):
-            ests[name].fit = timer.wrap(stage, ests[name].fit)
+            ests[name].fit = timer.wrap(stage, ests[name].fit, gate=True)
             ests[name].predict = timer.wrap(stage, ests[name].predict)
         return ests
 
     try:
-        for name, stage in patched.items():
-            setattr(trial_mod, name, timer.wrap(stage, saved[name]))
+        for name, (stage, gate) in patched.items():
+            setattr(trial_mod, name, timer.wrap(stage, saved[name], gate))
         trial_mod.make_clusterers = make_clusterers
-        total, result = timed(lambda: trial_mod.run_trial(config, dataset))
+        sync()
+        t0 = time.perf_counter()
+        result = trial_mod.run_trial(config, dataset)
+        sync()
+        total = time.perf_counter() - t0 - timer.waited
     finally:
         for name, fn in saved.items():
             setattr(trial_mod, name, fn)
-    stages = dict(timer.t)
-    stages["setup"] = total - sum(stages.values())
-    return result, stages, total
+    timer.t["setup"] = total - sum(timer.t.values())  # model build, tensors, bookkeeping
+    return result, timer, total
 
 
 def run_reference(
     config: dict[str, Any], dataset, ref_abo_epochs: int | None
-) -> tuple[dict[str, Any], dict[str, float], float, str]:
+) -> tuple[dict[str, Any], StageTimer, float, str]:
     """The same trial written the plain way: DataLoader training, autograd ABO, sklearn everything."""
     timer = StageTimer()
-    t0 = time.perf_counter()
     device = pick_device()
     seed = int(config["seed"])
     bs = int(config["batch_size"])
@@ -592,6 +648,7 @@ def run_reference(
             epochs=int(config["epochs"]),
             seed=seed,
         ),
+        gate=True,
     )
 
     @torch.no_grad()
@@ -628,7 +685,11 @@ def run_reference(
         init=config.get("abo_init", "farthest"),
         random_state=seed,
     )
-    t_abo, (centres, _) = timed(lambda: abo.reference_fit(z["train"], epochs=ref_epochs, **abo_kw))
+    centres, _ = timer.run(
+        "ABO", lambda: abo.reference_fit(z["train"], epochs=ref_epochs, **abo_kw), gate=True
+    )
+    timer.t["ABO"] *= epochs / ref_epochs  # extrapolated to all epochs when only some were run
+    timer.others["ABO"] *= epochs / ref_epochs
     abo_note = (
         f"{ref_epochs} epochs measured"
         if ref_epochs == epochs
@@ -645,8 +706,7 @@ def run_reference(
             ]
         ).numpy()
 
-    t_pred, abo_lab = timed(lambda: {s: abo_labels(zz) for s, zz in z.items()})
-    timer.t["ABO"] += t_abo * epochs / ref_epochs + t_pred
+    abo_lab = timer.run("ABO", lambda: {s: abo_labels(zz) for s, zz in z.items()})
 
     def kmeans():
         km = KMeans(
@@ -656,7 +716,7 @@ def run_reference(
         ).fit(z["train"])
         return {"train": km.labels_, "test": km.predict(z["test"])}
 
-    km_lab = timer.run("KMeans", kmeans)
+    km_lab = timer.run("KMeans", kmeans, gate=True)
     labels = {"abo": abo_lab, "kmeans": km_lab}
     y = {"train": dataset.y_train, "test": dataset.y_test}
 
@@ -669,10 +729,8 @@ def run_reference(
                 out[f"{s}/{name}/calinski_harabasz"] = calinski_harabasz_score(z[s], lab)
                 out[f"{s}/{name}/nmi"] = normalized_mutual_info_score(y[s], lab)
 
-    timer.run("metrics", metrics)
-    measured = time.perf_counter() - t0
-    total = measured + t_abo * (epochs / ref_epochs - 1)
-    return out, dict(timer.t), total, abo_note
+    timer.run("metrics", metrics, gate=True)
+    return out, timer, sum(timer.t.values()), abo_note
 
 
 def bench_trial(mode: Mode, ref_abo_epochs: int | None) -> tuple[list[Row], list[str]]:
@@ -704,33 +762,39 @@ def bench_trial(mode: Mode, ref_abo_epochs: int | None) -> tuple[list[Row], list
     # load the numba kernel before timing
     abo.ABOClusterer(epochs=1).fit(np.random.default_rng(0).normal(size=(256, 64)))
 
-    meter = OtherLoad()
     ours, st_ours, t_ours = run_ours(config, dataset)
-    load_ours = meter.stop()
-    log(f"  ours: {t_ours:.1f} s  " + ", ".join(f"{k} {v:.1f}" for k, v in st_ours.items()))
-    meter = OtherLoad()
+    log(f"  ours: {t_ours:.1f} s  " + ", ".join(f"{k} {v:.1f}" for k, v in st_ours.t.items()))
     ref, st_ref, t_ref, abo_note = run_reference(config, dataset, ref_abo_epochs)
-    load_ref = meter.stop()
     log(
         f"  reference: {t_ref:.1f} s  "
-        + ", ".join(f"{k} {v:.1f}" for k, v in st_ref.items())
+        + ", ".join(f"{k} {v:.1f}" for k, v in st_ref.t.items())
         + f" (ABO: {abo_note})"
     )
+    for timer in (st_ours, st_ref):
+        LOADS.extend(timer.load(s) for s in timer.t if s != "setup" or timer is st_ref)
 
     note = f"AE {config['epochs']} ep, ABO {config['abo_epochs']} ep; reference ABO: {abo_note}"
+    load_ours = sum(st_ours.others.values()) / max(t_ours - st_ours.t["setup"], 1e-9)
     rows = [
         Row(
-            "trial", f"doc1 on {dataset.name}, total", t_ours, t_ref, 8, note, (load_ours, load_ref)
+            "trial",
+            f"doc1 on {dataset.name}, total",
+            t_ours,
+            t_ref,
+            8,
+            note,
+            (load_ours, st_ref.load()),
         )
     ]
     rows += [
         Row(
             "trial",
             f"  stage: {s}",
-            st_ours.get(s, 0.0),
-            st_ref.get(s, 0.0),
+            st_ours.t.get(s, 0.0),
+            st_ref.t.get(s, 0.0),
             None,
             abo_note if s == "ABO" else "",
+            (math.nan if s == "setup" else st_ours.load(s), st_ref.load(s)),
         )
         for s in STAGES
     ]
@@ -789,6 +853,8 @@ def disturbance_note() -> str:
         f"'others' load' = average number of cores kept busy by OTHER processes while ours / the reference ran "
         f"(from /proc/stat minus this process); peak {peak:.2f} over all timed calls"
     )
+    if QUIET["waited"] >= 1:
+        text += f"; waited {QUIET['waited']:.0f} s in all for a quiet machine before measurements"
     if peak > 0.25:
         text += f" -- WARNING: the machine was shared (up to {peak:.1f} of {os.cpu_count()} cores), timings are disturbed"
     return text
@@ -848,10 +914,19 @@ def main(argv: list[str] | None = None) -> None:
         help="trial: time the reference ABO over this many epochs and extrapolate (default: all of them)",
     )
     parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="before each measurement wait up to this long for other processes to leave the CPUs "
+        "(default 300; 0 = never wait)",
+    )
+    parser.add_argument(
         "--no-write", action="store_true", help="print only; do not append to bench/RESULTS.md"
     )
     args = parser.parse_args(argv)
     mode = QUICK if args.quick else FULL
+    QUIET["max_wait"] = args.wait_quiet
     started = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     load0 = loadavg()
     t0 = time.perf_counter()

@@ -30,7 +30,11 @@ sys.path.insert(0, str(REPO))
 
 CASES = {
     "smoke": {"space": "smoke", "dataset": "digits", "num_samples": 8},
-    "medium": {"space": str(REPO / "bench/spaces/medium.yaml"), "dataset": "fashion-mnist", "num_samples": 6},
+    "medium": {
+        "space": str(REPO / "bench/spaces/medium.yaml"),
+        "dataset": "fashion-mnist",
+        "num_samples": 6,
+    },
 }
 
 
@@ -63,9 +67,24 @@ def trial_configs(storage: Path, name: str) -> list[dict]:
 def run_case(label: str, space: str, dataset: str, num_samples: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
     cmd = [
-        sys.executable, str(REPO / "tune/search.py"), "--space", space, "--dataset", dataset,
-        "--num-samples", str(num_samples), "--max-concurrent", "2", "--cpus-per-trial", "1",
-        "--storage-path", str(tmp / "ray"), "--mlflow-uri", f"sqlite:///{tmp}/mlflow.db", "--name", label,
+        sys.executable,
+        str(REPO / "tune/search.py"),
+        "--space",
+        space,
+        "--dataset",
+        dataset,
+        "--num-samples",
+        str(num_samples),
+        "--max-concurrent",
+        "2",
+        "--cpus-per-trial",
+        "1",
+        "--storage-path",
+        str(tmp / "ray"),
+        "--mlflow-uri",
+        f"sqlite:///{tmp}/mlflow.db",
+        "--name",
+        label,
     ]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -83,17 +102,28 @@ def replay(label: str, storage: Path, name: str, dataset: str, search_s: float) 
     direct_s = time.perf_counter() - start
     n = len(configs)
     return {
-        "case": label, "trials": n, "search_s": search_s, "direct_s": direct_s,
-        "search_trials_per_h": 3600 * n / search_s, "direct_trials_per_h": 3600 * n / direct_s,
-        "overhead": search_s / direct_s - 1, "mean_trial_s": sum(per_trial) / n,
+        "case": label,
+        "trials": n,
+        "search_s": search_s,
+        "direct_s": direct_s,
+        "search_trials_per_h": 3600 * n / search_s,
+        "direct_trials_per_h": 3600 * n / direct_s,
+        "overhead": search_s / direct_s - 1,
+        "mean_trial_s": sum(per_trial) / n,
     }
 
 
 def machine() -> str:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    with open("/proc/cpuinfo") as f:
+        cpu = next(
+            (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+            platform.processor(),
+        )
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return f"{cpu}, {os.cpu_count()} cores, GPU: {gpu}, torch {torch.__version__}, commit {commit}"
 
@@ -101,13 +131,25 @@ def machine() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", nargs="*", choices=list(CASES), default=list(CASES))
-    p.add_argument("--from-search", help="replay this existing search (Tune experiment name) instead")
+    p.add_argument(
+        "--from-search", help="replay this existing search (Tune experiment name) instead"
+    )
     p.add_argument("--storage-path", default=str(REPO / "ray_results"))
     p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--search-seconds", type=float, help="wall time of that search (from its log/MLflow)")
+    p.add_argument(
+        "--search-seconds", type=float, help="wall time of that search (from its log/MLflow)"
+    )
     args = p.parse_args()
     if args.from_search:
-        rows = [replay(args.from_search, Path(args.storage_path), args.from_search, args.dataset, args.search_seconds)]
+        rows = [
+            replay(
+                args.from_search,
+                Path(args.storage_path),
+                args.from_search,
+                args.dataset,
+                args.search_seconds,
+            )
+        ]
     else:
         rows = [run_case(c, **CASES[c]) for c in args.only]
     lines = [

@@ -7,11 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 
+import mlflow
+from mlflow import MlflowClient
 from tune import names as N
 from tune.data import load_dataset
 from tune.trial import ARTIFACTS
@@ -21,15 +21,32 @@ SEARCH = [sys.executable, str(REPO / "tune" / "search.py")]
 
 
 def run_search(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*SEARCH, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [*SEARCH, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
 
 
 def test_help_describes_every_flag():
     out = run_search("--help", timeout=60)
     assert out.returncode == 0
-    for flag in ("--space", "--dataset", "--data-dir", "--num-samples", "--max-concurrent",
-                 "--cpus-per-trial", "--gpus-per-trial", "--address", "--mlflow-uri", "--experiment",
-                 "--storage-path", "--name", "--resume", "--seed", "--scheduler", "--smoke"):
+    for flag in (
+        "--space",
+        "--dataset",
+        "--data-dir",
+        "--num-samples",
+        "--max-concurrent",
+        "--cpus-per-trial",
+        "--gpus-per-trial",
+        "--address",
+        "--mlflow-uri",
+        "--experiment",
+        "--storage-path",
+        "--name",
+        "--resume",
+        "--seed",
+        "--scheduler",
+        "--smoke",
+    ):
         assert flag in out.stdout
 
 
@@ -49,8 +66,14 @@ def test_help_describes_every_flag():
 )
 def test_bad_input_exits_2_with_one_line_and_starts_nothing(tmp_path, args, message):
     start = time.monotonic()
-    out = run_search(*args, "--storage-path", str(tmp_path / "ray"), "--mlflow-uri" if "--mlflow-uri" not in args else "--experiment",
-                     f"sqlite:///{tmp_path}/m.db" if "--mlflow-uri" not in args else "x", timeout=60)
+    out = run_search(
+        *args,
+        "--storage-path",
+        str(tmp_path / "ray"),
+        "--mlflow-uri" if "--mlflow-uri" not in args else "--experiment",
+        f"sqlite:///{tmp_path}/m.db" if "--mlflow-uri" not in args else "x",
+        timeout=60,
+    )
     assert out.returncode == 2, out.stderr
     lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
     assert message in lines[-1]
@@ -74,9 +97,23 @@ def smoke_search(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("search")
     uri = f"sqlite:///{tmp}/mlflow.db"
     out = run_search(
-        "--smoke", "--num-samples", "6", "--max-concurrent", "4", "--cpus-per-trial", "0.5",
-        "--storage-path", str(tmp / "ray"), "--mlflow-uri", uri, "--name", "smoke-test",
-        "--experiment", "test-exp", "--model-name", "ct-test",
+        "--smoke",
+        "--num-samples",
+        "6",
+        "--max-concurrent",
+        "4",
+        "--cpus-per-trial",
+        "0.5",
+        "--storage-path",
+        str(tmp / "ray"),
+        "--mlflow-uri",
+        uri,
+        "--name",
+        "smoke-test",
+        "--experiment",
+        "test-exp",
+        "--model-name",
+        "ct-test",
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return out, uri, tmp
@@ -111,7 +148,13 @@ def test_parent_run_records_what_reproduces_it(smoke_search):
     for lib in ("torch", "ray", "optuna", "mlflow", "scikit-learn"):
         assert params[f"version.{lib}"]
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"all_trials.csv", "pareto.csv", "pareto_front.png", "best_config.yaml", "space"} <= names
+    assert {
+        "all_trials.csv",
+        "pareto.csv",
+        "pareto_front.png",
+        "best_config.yaml",
+        "space",
+    } <= names
     assert parent.info.status == "FINISHED"
 
 
@@ -135,7 +178,10 @@ def test_every_trial_is_a_complete_child_run(smoke_search):
         assert t[N.NODE]
         epochs = int(p["epochs"])
         hist = client.get_metric_history(run.info.run_id, N.TRAIN_LOSS)
-        assert sorted(h.step for h in hist if h.step > 0) == list(range(1, epochs + 1)) or len(hist) >= epochs
+        assert (
+            sorted(h.step for h in hist if h.step > 0) == list(range(1, epochs + 1))
+            or len(hist) >= epochs
+        )
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert set(ARTIFACTS) <= arts
         assert run.info.status == "FINISHED"

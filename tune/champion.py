@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import torch
 
+import mlflow
 from models.build import build_autoencoder
 from tune.trial import CLUSTERERS_FILE, CONFIG_FILE, MODEL_FILE, RESULT_FILE
 

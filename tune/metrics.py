@@ -49,7 +49,7 @@ _CPU_BLOCK = 1024
 # Relative rounding noise of float32 ||x||^2 + ||y||^2 - 2 x.y when x == y: measured
 # <= 8 ulp (2**-24) of ||x||^2 + ||y||^2 for d in 2..784; 2x margin.  Per row we use
 # 2 ||x_i||^2 for the sum, as the two norms are equal for (near-)coincident points.
-_GRAM_NOISE = 32 * 2.0**-24
+_GRAM_NOISE = 16 * 2.0**-24
 
 
 def _to_numpy(a: Any) -> np.ndarray:
@@ -149,14 +149,11 @@ def _cluster_distance_sums(
     a positive bias of ~1e-3 ||x|| per pair, which breaks 1e-5 agreement when many
     points coincide (e.g. a collapsed embedding).  Larger distances are untouched.
     """
-    n = xc.shape[0]
+    n, dim = xc.shape
     k_total = onehot.shape[1]
     dev = xc.device
-    xt = xc.T.contiguous()
-    sq = xc.double().pow(2).sum(1).float()
-    sq_row = sq[None, :]
-    noise_floor = sq * _GRAM_NOISE
-    check_floor = dev.type != "cuda"  # a .item() per block would stall a GPU
+    # On a GPU always mask: a .item() per block would stall the pipeline.
+    skip_clean_blocks = dev.type != "cuda"
     onehot_t = onehot.T.contiguous()
     sums = torch.zeros(n, k_total, dtype=torch.float64, device=dev)
     # Buffers reused across blocks so the loop allocates nothing.
@@ -164,6 +161,7 @@ def _cluster_distance_sums(
     mask = torch.empty(block * block, dtype=torch.bool, device=dev)
     seg_buf = torch.empty(max(k_total, 1), block, dtype=torch.float32, device=dev)
     k_buf = torch.empty(k_total * block, dtype=torch.float32, device=dev)
+    y_buf = torch.empty(n, dim, dtype=torch.float32, device=dev)
 
     def reduce_cols(d: torch.Tensor, blk: _Block) -> torch.Tensor:
         """[rows of d, K]: sums of d over the columns in `blk`, per cluster."""
@@ -187,20 +185,30 @@ def _cluster_distance_sums(
 
     for bi, bi_blk in enumerate(blocks):
         i0, i1 = bi_blk.start, bi_blk.stop
-        xi, sqi, floor_i = xc[i0:i1], sq[i0:i1, None], noise_floor[i0:i1, None]
-        max_floor_i = float(floor_i.max()) if check_floor else math.inf
+        # Re-centre on this row block (mostly one cluster, as points are cell-sorted):
+        # Gram-trick error scales with ||x||^2, so distances to nearby points keep
+        # float32 precision relative to the local spread, not the whole embedding's.
+        y = torch.sub(xc[i0:], xc[i0:i1].mean(0), out=y_buf[: n - i0])
+        sq = torch.linalg.vecdot(y, y)
+        sq_row = sq[None, :]
+        yi, sqi = y[: i1 - i0], sq[: i1 - i0, None]
+        floor_i = sqi * _GRAM_NOISE
+        max_floor_i = float(floor_i.max()) if skip_clean_blocks else math.inf
         for bj_blk in blocks[bi:]:
             j0, j1 = bj_blk.start, bj_blk.stop
             size = (i1 - i0) * (j1 - j0)
             d = tile[:size].view(i1 - i0, j1 - j0)
             # ||x||^2 + ||y||^2 - 2 x.y with the column norms fused into addmm.
-            torch.addmm(sq_row[:, j0:j1], xi, xt[:, j0:j1], beta=1.0, alpha=-2.0, out=d)
+            yj = y[j0 - i0 : j1 - i0]
+            torch.addmm(sq_row[:, j0 - i0 : j1 - i0], yi, yj.T, beta=1.0, alpha=-2.0, out=d)
             d.add_(sqi)
             # Most blocks hold no pair near the noise floor: a read-only min is then
             # cheaper than masking (and also proves there is nothing to clamp).
-            if bj_blk is bi_blk or float(d.min()) <= max_floor_i:
+            if not skip_clean_blocks or bj_blk is bi_blk or float(d.min()) <= max_floor_i:
                 d.masked_fill_(torch.le(d, floor_i, out=mask[:size].view_as(d)), 0.0)
             d.sqrt_()
+            if bj_blk is bi_blk:
+                d.fill_diagonal_(0.0)  # exact self-distance, whatever the rounding
             sums[i0:i1] += reduce_cols(d, bj_blk)
             if bj_blk is not bi_blk:
                 sums[j0:j1] += reduce_rows(d, bi_blk).T
@@ -238,9 +246,7 @@ def silhouette_scores(
     for idx, labels in enumerate(labelings):
         labels = _to_numpy(labels)
         if labels.ndim != 1 or len(labels) != n:
-            raise ValueError(
-                f"labeling {idx} has shape {labels.shape}, expected ({n},) to match X"
-            )
+            raise ValueError(f"labeling {idx} has shape {labels.shape}, expected ({n},) to match X")
         _, inverse = np.unique(labels, return_inverse=True)
         codes.append(inverse.ravel())
         ks.append(int(inverse.max()) + 1)

@@ -18,7 +18,17 @@ import yaml  # noqa: E402
 from tune import names as N  # noqa: E402
 from tune.selection import select  # noqa: E402
 
-SHOW = ["trial_id", "point", "arch", N.SILHOUETTE, N.RECON_LOSS, N.BEST_CLUSTERER, N.STATUS, "val/kmeans/nmi", "val/abo/nmi"]
+SHOW = [
+    "trial_id",
+    "point",
+    "arch",
+    N.SILHOUETTE,
+    N.RECON_LOSS,
+    N.BEST_CLUSTERER,
+    N.STATUS,
+    "val/kmeans/nmi",
+    "val/abo/nmi",
+]
 
 
 @dataclass
@@ -38,9 +48,17 @@ def trials_table(results, points: list[tuple[str, dict]] | None = None) -> pd.Da
         config = dict(r.config or {})
         metrics = dict(r.metrics or {})
         row = {"trial_id": metrics.get("trial_id", Path(r.path).name if r.path else "?")}
-        row["point"] = next((n for n, p in named if all(config.get(k) == v for k, v in p.items())), "")
+        row["point"] = next(
+            (n for n, p in named if all(config.get(k) == v for k, v in p.items())), ""
+        )
         row.update({k: v for k, v in config.items()})
-        row.update({k: v for k, v in metrics.items() if "/" in k or k in (N.BEST_CLUSTERER, N.STATUS, N.NODE)})
+        row.update(
+            {
+                k: v
+                for k, v in metrics.items()
+                if "/" in k or k in (N.BEST_CLUSTERER, N.STATUS, N.NODE)
+            }
+        )
         if r.error is not None:
             row[N.STATUS] = "error"
         row.setdefault(N.STATUS, "incomplete")
@@ -91,7 +109,13 @@ def plot_front(df: pd.DataFrame, path: Path) -> None:
     front = ok[ok["pareto"]].sort_values(rec)
     ax.plot(front[rec], front[sil], "o-", color="tab:blue", label="Pareto front")
     for _, row in ok[ok["point"] != ""].iterrows():
-        ax.annotate(row["point"], (row[rec], row[sil]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            row["point"],
+            (row[rec], row[sil]),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     win = ok[ok["winner"]]
     ax.scatter(win[rec], win[sil], marker="*", s=250, color="tab:red", zorder=3, label="winner")
     ax.set_xlabel("validation reconstruction MSE (lower is better)")
@@ -105,17 +129,24 @@ def plot_front(df: pd.DataFrame, path: Path) -> None:
 def format_summary(summary: Summary, champion, model_name: str, elapsed: float) -> str:
     df = summary.trials
     counts = df[N.STATUS].value_counts().to_dict()
-    lines = [f"\n{len(df)} trials in {elapsed:.0f} s: " + ", ".join(f"{v} {k}" for k, v in counts.items())]
+    lines = [
+        f"\n{len(df)} trials in {elapsed:.0f} s: "
+        + ", ".join(f"{v} {k}" for k, v in counts.items())
+    ]
     if summary.front is None:
         lines.append("No finished, non-degenerate trial: no Pareto front.")
         return "\n".join(lines)
     cols = [c for c in SHOW if c in df.columns]
     table = df.loc[summary.front.index, cols].copy()
     table.insert(0, "", ["*" if i == summary.winner else "" for i in table.index])
-    lines.append("\nPareto front (* = chosen winner: nearest to the ideal point, objectives normalised over the front):")
+    lines.append(
+        "\nPareto front (* = chosen winner: nearest to the ideal point, objectives normalised over the front):"
+    )
     lines.append(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     if champion is not None:
-        lines.append(f"\nWinner registered as models:/{model_name}@champion (version {champion[1]})")
+        lines.append(
+            f"\nWinner registered as models:/{model_name}@champion (version {champion[1]})"
+        )
     return "\n".join(lines)
 
 

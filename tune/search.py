@@ -33,8 +33,6 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
-import yaml  # noqa: E402
-
 from tune import names as N  # noqa: E402
 from tune.data import DATASETS, DatasetError, default_data_dir, load_dataset  # noqa: E402
 from tune.space import SearchSpace, SpaceError, load_space  # noqa: E402
@@ -56,32 +54,99 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--space", default="default", help="search space: a name in search_spaces/ or a YAML path")
+    p.add_argument(
+        "--space", default="default", help="search space: a name in search_spaces/ or a YAML path"
+    )
     p.add_argument(
         "--dataset",
         default="auto",
         help=f"one of {', '.join(DATASETS)}, or a directory of IDX files; auto = MNIST when on disk "
         "or downloadable, else scikit-learn's digits",
     )
-    p.add_argument("--data-dir", default=str(default_data_dir()), help="where datasets are read/downloaded")
-    p.add_argument("--val-fraction", type=float, default=1 / 6, help="share of train held out for the objectives")
-    p.add_argument("--num-samples", type=int, default=None, help=f"trials to run (default: {DEFAULT_SAMPLES}; smoke: {SMOKE_SAMPLES})")
-    p.add_argument("--time-budget-min", type=float, default=None, help="stop the search after this many minutes (running trials end as incomplete)")
-    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as many as resources allow)")
+    p.add_argument(
+        "--data-dir", default=str(default_data_dir()), help="where datasets are read/downloaded"
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=1 / 6,
+        help="share of train held out for the objectives",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help=f"trials to run (default: {DEFAULT_SAMPLES}; smoke: {SMOKE_SAMPLES})",
+    )
+    p.add_argument(
+        "--time-budget-min",
+        type=float,
+        default=None,
+        help="stop the search after this many minutes (running trials end as incomplete)",
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="trials at once (default: as many as resources allow)",
+    )
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (fractions share a GPU)")
-    p.add_argument("--address", default=None, help="join an existing Ray cluster ('auto' or host:port); default: start Ray locally")
-    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite store under mlflow/store/)")
+    p.add_argument(
+        "--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (fractions share a GPU)"
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="join an existing Ray cluster ('auto' or host:port); default: start Ray locally",
+    )
+    p.add_argument(
+        "--mlflow-uri",
+        default=None,
+        help="MLflow tracking URI (default: sqlite store under mlflow/store/)",
+    )
     p.add_argument("--experiment", default="clustertune", help="MLflow experiment name")
-    p.add_argument("--model-name", default="clustertune", help="registered model name for the winner")
-    p.add_argument("--storage-path", default=str(DEFAULT_STORAGE), help="Ray Tune results (shared storage on a cluster)")
-    p.add_argument("--name", default=None, help="search name (Tune experiment and MLflow parent run); default: search-<time>")
-    p.add_argument("--resume", action="store_true", help="resume the search --name from --storage-path")
+    p.add_argument(
+        "--model-name", default="clustertune", help="registered model name for the winner"
+    )
+    p.add_argument(
+        "--storage-path",
+        default=str(DEFAULT_STORAGE),
+        help="Ray Tune results (shared storage on a cluster)",
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="search name (Tune experiment and MLflow parent run); default: search-<time>",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="resume the search --name from --storage-path"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial")
-    p.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo", help="asha stops trials early on validation reconstruction loss")
-    p.add_argument("--weights", type=float, nargs=2, default=(1.0, 1.0), metavar=("W_SIL", "W_RECON"), help="winner rule weights")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (from its last checkpoint)")
-    p.add_argument("--smoke", action="store_true", help=f"tiny search: smoke space, digits, {SMOKE_SAMPLES} trials")
+    p.add_argument(
+        "--scheduler",
+        choices=("fifo", "asha"),
+        default="fifo",
+        help="asha stops trials early on validation reconstruction loss",
+    )
+    p.add_argument(
+        "--weights",
+        type=float,
+        nargs=2,
+        default=(1.0, 1.0),
+        metavar=("W_SIL", "W_RECON"),
+        help="winner rule weights",
+    )
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="retries of a failed trial (from its last checkpoint)",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"tiny search: smoke space, digits, {SMOKE_SAMPLES} trials",
+    )
     return p.parse_args(argv)
 
 
@@ -131,8 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         space, num_samples = check_args(args)
         tracking_uri = args.mlflow_uri or default_tracking_uri()
         check_tracking_uri(tracking_uri)
-        dataset = load_dataset(args.dataset, args.data_dir, val_fraction=args.val_fraction, seed=args.seed)
-        if dataset.image_shape[0] % 2 ** _max_conv_depth(space) or dataset.image_shape[1] % 2 ** _max_conv_depth(space):
+        dataset = load_dataset(
+            args.dataset, args.data_dir, val_fraction=args.val_fraction, seed=args.seed
+        )
+        if dataset.image_shape[0] % 2 ** _max_conv_depth(space) or dataset.image_shape[
+            1
+        ] % 2 ** _max_conv_depth(space):
             raise UsageError(
                 f"{space.path}: parameters.conv_depth: up to {_max_conv_depth(space)} stages do not fit "
                 f"{dataset.name}'s {dataset.image_shape[0]}x{dataset.image_shape[1]} images"
@@ -142,9 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.dataset == "auto" and dataset.name != "mnist":
         print(
-            "=" * 78 + f"\nMNIST is not on disk under {args.data_dir}/MNIST/raw and could not be downloaded:"
+            "="
+            * 78
+            + f"\nMNIST is not on disk under {args.data_dir}/MNIST/raw and could not be downloaded:"
             " using scikit-learn's 8x8 digits instead.\nPut MNIST's four IDX files there, or pass "
-            "--dataset fashion-mnist (apt-get install dataset-fashion-mnist) or --dataset DIR.\n" + "=" * 78,
+            "--dataset fashion-mnist (apt-get install dataset-fashion-mnist) or --dataset DIR.\n"
+            + "="
+            * 78,
             flush=True,
         )
     return run_search(args, space, num_samples, dataset, tracking_uri)
@@ -163,11 +236,11 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
     # Heavy imports only once the input is known to be good: bad input fails in about a second.
     import optuna
     import ray
-    from mlflow import MlflowClient
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from mlflow import MlflowClient
     from tune import report
     from tune.tracking import (
         MLflowTrialLogger,
@@ -187,7 +260,10 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
         print(f"error: --resume: no Tune experiment to resume at {experiment_dir}", file=sys.stderr)
         return 2
     if not args.resume and experiment_dir.exists():
-        print(f"error: --name {name}: {experiment_dir} exists; pass --resume or another --name", file=sys.stderr)
+        print(
+            f"error: --name {name}: {experiment_dir} exists; pass --resume or another --name",
+            file=sys.stderr,
+        )
         return 2
 
     client = MlflowClient(tracking_uri)
@@ -255,8 +331,11 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
         if fixed:
             print(f"MLflow: completed {fixed} trial run(s) from Ray's results", flush=True)
     except Exception as e:  # noqa: BLE001 - results are safe in Ray's experiment directory
-        print(f"warning: MLflow sync failed ({str(e).splitlines()[0][:200]}); results stay in "
-              f"{experiment_dir}; run again with --name {name} --resume to log them", file=sys.stderr)
+        print(
+            f"warning: MLflow sync failed ({str(e).splitlines()[0][:200]}); results stay in "
+            f"{experiment_dir}; run again with --name {name} --resume to log them",
+            file=sys.stderr,
+        )
     with tempfile.TemporaryDirectory() as tmp:
         weights = dict(zip(N.OBJECTIVES, args.weights, strict=True))
         named_points = list(zip(space.point_names, space.points, strict=True))
@@ -266,7 +345,9 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
             from tune.champion import log_champion
 
             example = dataset.x_val[:5] if len(dataset.x_val) else dataset.x_train[:5]
-            champion = log_champion(summary.winner_dir, parent_run_id, args.model_name, example, tracking_uri)
+            champion = log_champion(
+                summary.winner_dir, parent_run_id, args.model_name, example, tracking_uri
+            )
     client.set_tag(parent_run_id, "elapsed_s", f"{elapsed:.1f}")
     if logger.pending:
         client.set_tag(parent_run_id, "mlflow.incomplete_trials", ",".join(sorted(logger.pending)))

@@ -230,7 +230,9 @@ class MLflowTrialLogger(Callback):
             if history is not None:
                 for row in history.to_dict("records"):
                     if N.STATUS not in row or not isinstance(row.get(N.STATUS), str):
-                        log_trial_result(self.client, run_id, {k: v for k, v in row.items() if k != N.STATUS})
+                        log_trial_result(
+                            self.client, run_id, {k: v for k, v in row.items() if k != N.STATUS}
+                        )
             log_trial_result(self.client, run_id, metrics)
             if r.checkpoint is not None and r.error is None:
                 with r.checkpoint.as_directory() as d:

@@ -19,7 +19,6 @@ from torch import nn
 
 from tune.mlp_step import MLPStep
 
-
 EVAL_BATCH = 512  # inference batch: larger ones fall out of cache for conv models on the CPU
 
 
