@@ -140,7 +140,9 @@ class OtherLoad:
         return max(0.0, ((c1[0] - self.c0[0]) - (c1[1] - self.c0[1])) / _TICK / wall)
 
 
-LOADS: list[float] = []  # other processes' load during every timed() call, for the summary
+# Other processes' load during every measurement of >= 1 s, for the summary (/proc/stat counts in
+# 10 ms ticks, so a shorter call's load is mostly quantisation noise).
+LOADS: list[float] = []
 QUIET = {"max_wait": 300.0, "threshold": 0.25, "waited": 0.0}  # set from --wait-quiet in main()
 
 
@@ -175,7 +177,8 @@ def timed(fn: Callable[[], Any], loads: list[float] | None = None) -> tuple[floa
     sync()
     elapsed = time.perf_counter() - t0
     load = meter.stop()
-    LOADS.append(load)
+    if elapsed >= 1.0:
+        LOADS.append(load)
     if loads is not None:
         loads.append(load)
     return elapsed, out
@@ -771,7 +774,7 @@ def bench_trial(mode: Mode, ref_abo_epochs: int | None) -> tuple[list[Row], list
         + f" (ABO: {abo_note})"
     )
     for timer in (st_ours, st_ref):
-        LOADS.extend(timer.load(s) for s in timer.t if s != "setup" or timer is st_ref)
+        LOADS.extend(timer.load(s) for s in timer.t if s != "setup" and timer.t[s] >= 1.0)
 
     note = f"AE {config['epochs']} ep, ABO {config['abo_epochs']} ep; reference ABO: {abo_note}"
     load_ours = sum(st_ours.others.values()) / max(t_ours - st_ours.t["setup"], 1e-9)
@@ -851,7 +854,7 @@ def disturbance_note() -> str:
     peak = max(loads)
     text = (
         f"'others' load' = average number of cores kept busy by OTHER processes while ours / the reference ran "
-        f"(from /proc/stat minus this process); peak {peak:.2f} over all timed calls"
+        f"(from /proc/stat minus this process); peak {peak:.2f} over all measurements of >= 1 s"
     )
     if QUIET["waited"] >= 1:
         text += f"; waited {QUIET['waited']:.0f} s in all for a quiet machine before measurements"

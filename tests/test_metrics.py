@@ -83,14 +83,16 @@ def test_both_reduction_paths_are_used_and_agree():
     # random labelings fragment the cells (one-hot matmul).  Exercise both.
     rng = np.random.default_rng(0)
     X, y = blobs(700, 5, 5)
-    random_a, random_b = rng.integers(0, 10, 700), rng.integers(0, 10, 700)
-    for labelings, tile in [([y, perturb(y, 0.05, 5)], 64**2), ([random_a, random_b], 2**25)]:
+    aligned = [y, perturb(y, 0.05, 5)]
+    fragmented = [rng.integers(0, 10, 700), rng.integers(0, 10, 700)]
+    for labelings, tile, has_segments in [(aligned, 64**2, True), (fragmented, 2**25, False)]:
         assert_matches_sklearn(X, labelings, max_tile_elements=tile)
-    cells, cell_of = np.unique(np.stack([random_a, random_b], 1), axis=0, return_inverse=True)
-    blocks = metrics._make_blocks(
-        np.sort(cell_of.ravel()), cells, np.array([0, 10, 20]), 700, True, torch.device("cpu")
-    )
-    assert blocks[0].segments is None
+        cells, cell_of = np.unique(np.stack(labelings, 1), axis=0, return_inverse=True)
+        k_total = sum(len(np.unique(labels)) for labels in labelings)
+        blocks = metrics._make_blocks(
+            np.sort(cell_of.ravel()), len(cells), min(700, math.isqrt(tile)), k_total // 2
+        )
+        assert any(b.segments is not None for b in blocks) == has_segments
 
 
 @pytest.mark.parametrize("max_tile_elements", [1, 9, 49, 1000])

@@ -212,3 +212,12 @@ def test_champion_is_registered_and_predicts(smoke_search):
     assert pred.shape == (50,) and pred.dtype == np.int64
     assert pred.min() >= 0 and pred.max() < 10
     assert str(version.version) == "1"
+
+
+def test_credentials_in_urls_are_redacted():
+    from tune.tracking import redact
+
+    cmd = "python tune/search.py --mlflow-uri http://alice:s3cret@10.0.0.1:5000 --address auto"
+    assert "s3cret" not in redact(cmd) and "alice" not in redact(cmd)
+    assert "http://***@10.0.0.1:5000" in redact(cmd)
+    assert redact("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"

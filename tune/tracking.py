@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -71,6 +72,11 @@ def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str)
     if tracking_uri.startswith("sqlite:///"):  # artifacts beside the local store
         artifact_location = (LOCAL_STORE / "artifacts" / name).as_uri()
     return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def redact(text: str) -> str:
+    """Hide credentials in URLs (scheme://user:password@host -> scheme://***@host)."""
+    return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
 
 
 def git_commit() -> str:
@@ -300,7 +306,7 @@ def start_search_run(
     argv = list(sys.argv if argv is None else argv)
     tags = {
         "mlflow.runName": name,
-        "command": shlex.join([Path(sys.executable).name, *argv]),
+        "command": redact(shlex.join([Path(sys.executable).name, *argv])),
         "mlflow.source.git.commit": git_commit(),
         "mlflow.source.name": "tune/search.py",
         SEARCH_TAG: name,
