@@ -113,3 +113,22 @@ def test_no_validation_split(digits):
     x_tr, _ = digits
     _, hist = _train(MLP, x_tr, None, epochs=1)
     assert math.isnan(hist[0]["val_loss"])
+
+
+def test_adam_step_equals_optimizer_step():
+    from tune.training import adam_step, make_optimizer
+
+    torch.manual_seed(0)
+    a = build_autoencoder(MLP, (8, 8))
+    b = build_autoencoder(MLP, (8, 8))
+    b.load_state_dict(a.state_dict())
+    opt_a, flat_a = make_optimizer(a, 1e-2, 1e-4)
+    opt_b, flat_b = make_optimizer(b, 1e-2, 1e-4)
+    for i in range(5):
+        g = torch.randn_like(flat_a) * (i + 1)
+        flat_a.grad.copy_(g)
+        flat_b.grad.copy_(g)
+        adam_step(opt_a, flat_a)
+        opt_b.step()
+    torch.testing.assert_close(flat_a, flat_b, rtol=0, atol=0)
+    assert opt_a.state[flat_a]["step"] == opt_b.state[flat_b]["step"] == 5
