@@ -221,3 +221,10 @@ def test_credentials_in_urls_are_redacted():
     assert "s3cret" not in redact(cmd) and "alice" not in redact(cmd)
     assert "http://***@10.0.0.1:5000" in redact(cmd)
     assert redact("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
+
+
+def test_artifacts_live_beside_the_sqlite_store(smoke_search):
+    _, uri, tmp = smoke_search
+    exp = MlflowClient(uri).get_experiment_by_name("test-exp")
+    assert exp.artifact_location.startswith((tmp / "artifacts").as_uri())
+    assert list((tmp / "artifacts").rglob("all_trials.csv"))

@@ -69,8 +69,9 @@ def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str)
     if exp is not None:
         return exp.experiment_id
     artifact_location = None
-    if tracking_uri.startswith("sqlite:///"):  # artifacts beside the local store
-        artifact_location = (LOCAL_STORE / "artifacts" / name).as_uri()
+    if tracking_uri.startswith("sqlite:///"):  # artifacts beside the sqlite file, absolute
+        db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+        artifact_location = (db.parent / "artifacts" / name).as_uri()
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
