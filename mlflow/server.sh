@@ -7,12 +7,14 @@
 #   mlflow/server.sh --host 10.0.1.5 --port 5000       # a cluster head's private address
 #   MLFLOW_BACKEND_URI=postgresql://user@db/mlflow mlflow/server.sh --host 10.0.1.5
 #   mlflow/server.sh --daemon --pidfile /tmp/mlflow.pid --log /tmp/mlflow.log
+#   mlflow/server.sh --stop --pidfile /tmp/mlflow.pid   # stops that server and its workers
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 host=127.0.0.1
 port=5000
 daemon=0
+stop=0
 pidfile=""
 logfile=""
 while [ $# -gt 0 ]; do
@@ -20,12 +22,21 @@ while [ $# -gt 0 ]; do
     --host) host=$2; shift 2 ;;
     --port) port=$2; shift 2 ;;
     --daemon) daemon=1; shift ;;
+    --stop) stop=1; shift ;;
     --pidfile) pidfile=$2; shift 2 ;;
     --log) logfile=$2; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "mlflow/server.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+
+if [ "$stop" = 1 ]; then
+  [ -n "$pidfile" ] && [ -f "$pidfile" ] || { echo "mlflow/server.sh: --stop needs --pidfile FILE" >&2; exit 2; }
+  pid=$(cat "$pidfile")
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true  # the whole process group
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; exit 0; }; sleep 0.2; done
+  kill -KILL -- "-$pid" 2>/dev/null || true; rm -f "$pidfile"; exit 0
+fi
 
 backend=${MLFLOW_BACKEND_URI:-sqlite:///$here/store/mlflow.db}
 artifacts=${MLFLOW_ARTIFACTS_DESTINATION:-$here/store/artifacts}
@@ -39,7 +50,8 @@ cmd=("$mlflow_bin" server --backend-store-uri "$backend" --artifacts-destination
      --serve-artifacts --host "$host" --port "$port" --allowed-hosts "$allowed")
 
 if [ "$daemon" = 1 ]; then
-  nohup "${cmd[@]}" > "${logfile:-$here/store/server.log}" 2>&1 &
+  # Its own session and process group, so --stop can take down the server's workers too.
+  setsid nohup "${cmd[@]}" > "${logfile:-$here/store/server.log}" 2>&1 < /dev/null &
   pid=$!
   [ -n "$pidfile" ] && echo "$pid" > "$pidfile"
   # Ready when /health answers; fail loudly if it never does.

@@ -1,0 +1,32 @@
+"""Both cluster launcher files pass Ray's own validator, offline (as Ray's tests do)."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster.local.yaml"])
+def test_ray_validates_the_cluster_file(name):
+    config = yaml.safe_load((REPO / name).read_text())
+    validate_config(prepare_config(copy.deepcopy(config)))
+
+
+def test_aws_file_has_cpu_and_gpu_worker_types_and_mlflow_on_the_head():
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    types = config["available_node_types"]
+    assert {"head", "cpu_worker", "gpu_worker"} <= set(types)
+    assert "g5" in types["gpu_worker"]["node_config"]["InstanceType"]
+    head_cmds = " ".join(config["head_start_ray_commands"])
+    assert "mlflow/server.sh" in head_cmds and "0.0.0.0" not in head_cmds
+    assert "--dashboard-host=127.0.0.1" in head_cmds
+
+
+def test_local_file_uses_the_on_prem_provider_without_node_types():
+    config = yaml.safe_load((REPO / "cluster.local.yaml").read_text())
+    assert config["provider"]["type"] == "local"
+    assert "available_node_types" not in config
