@@ -320,6 +320,7 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
                 scheduler=scheduler,
                 num_samples=num_samples,
                 max_concurrent_trials=args.max_concurrent,
+                reuse_actors=True,  # one worker process per slot: torch/numba import once, not per trial
                 time_budget_s=args.time_budget_min * 60 if args.time_budget_min else None,
             ),
             run_config=run_config,
