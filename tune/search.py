@@ -199,12 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         dataset = load_dataset(
             args.dataset, args.data_dir, val_fraction=args.val_fraction, seed=args.seed
         )
-        if dataset.image_shape[0] % 2 ** _max_conv_depth(space) or dataset.image_shape[
-            1
-        ] % 2 ** _max_conv_depth(space):
+        depth = _max_conv_depth(space)
+        h, w = dataset.image_shape
+        if h % 2**depth or w % 2**depth:
             raise UsageError(
-                f"{space.path}: parameters.conv_depth: up to {_max_conv_depth(space)} stages do not fit "
-                f"{dataset.name}'s {dataset.image_shape[0]}x{dataset.image_shape[1]} images"
+                f"{space.path}: parameters.conv_depth: up to {depth} stages do not fit "
+                f"{dataset.name}'s {h}x{w} images"
             )
     except (UsageError, SpaceError, DatasetError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,9 +8,7 @@ in Ray's experiment directory, from which `sync_from_results` can (re)log whatev
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import platform
 import re
@@ -110,26 +108,18 @@ def library_versions() -> dict[str, str]:
 
 
 def numeric_items(result: Mapping[str, Any]) -> dict[str, float]:
-    """The float-valued entries of a Tune result that belong to us (Tune's bookkeeping dropped)."""
-    skip = {
-        "timestamp",
-        "training_iteration",
-        "time_this_iter_s",
-        "time_total_s",
-        "pid",
-        "time_since_restore",
-        "iterations_since_restore",
-        "done",
-        "trial_id",
-    }
+    """Our numeric entries of a Tune result: "<split>/..." metrics and a few flags.
+
+    Tune's own bookkeeping has no "/" in its keys; flattened config entries ("config/lr", in
+    progress.csv rows) are params, not metrics.
+    """
+    extra = (N.DEGENERATE, N.DIVERGED, "n_parameters")
     return {
         k: float(v)
         for k, v in result.items()
-        if k not in skip
+        if ("/" in k and not k.startswith("config/") or k in extra)
         and isinstance(v, int | float)
         and not isinstance(v, bool)
-        and "/" in k
-        or k in (N.DEGENERATE, N.DIVERGED, "n_parameters")
     }
 
 
@@ -330,13 +320,3 @@ def find_search_run(client: MlflowClient, experiment_id: str, name: str) -> str 
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
-
-
-def log_json(client: MlflowClient, run_id: str, obj: Any, name: str, directory: Path) -> None:
-    path = directory / name
-    path.write_text(json.dumps(obj, indent=1, default=str))
-    client.log_artifact(run_id, str(path))
-
-
-def finite(x: float) -> bool:
-    return isinstance(x, int | float) and math.isfinite(x)
