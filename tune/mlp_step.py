@@ -31,6 +31,20 @@ def _act_backward(act: nn.Module | None, g: torch.Tensor, a: torch.Tensor) -> to
     return _aten.sigmoid_backward(g, a)  # nn.Sigmoid
 
 
+def _inplace(act: nn.Module | None):
+    """The activation applied in place (z is a fresh addmm output nobody else holds)."""
+    if act is None:
+        return None
+    if isinstance(act, nn.ReLU):
+        return torch.relu_
+    if isinstance(act, nn.LeakyReLU):
+        slope = act.negative_slope
+        return lambda z: torch.nn.functional.leaky_relu_(z, slope)
+    if isinstance(act, nn.Tanh):
+        return torch.tanh_
+    return torch.sigmoid_  # nn.Sigmoid
+
+
 class MLPStep:
     """loss = MSE(model(x), x) with all parameter gradients written into `.grad` (not accumulated)."""
 
@@ -38,6 +52,10 @@ class MLPStep:
 
     def __init__(self, layers: list[tuple[nn.Linear, nn.Module | None]]) -> None:
         self.layers = layers
+        # W^T as views, made once: the parameters are updated in place, so the views stay current
+        # (building them per step costs three dispatcher calls per layer).
+        self.weights_t = [lin.weight.t() for lin, _ in layers]
+        self.inplace = [_inplace(act) for _, act in layers]
 
     @classmethod
     def for_model(cls, model: nn.Module) -> MLPStep | None:
@@ -62,9 +80,9 @@ class MLPStep:
         # xb: [B, 1, H, W] -> a_0: [B, H*W]; a_i = act_i(a_{i-1} W_i^T + b_i); a_L = x_hat
         x = xb.reshape(len(xb), -1)
         acts = [x]
-        for lin, act in self.layers:
-            z = torch.addmm(lin.bias, acts[-1], lin.weight.t())
-            acts.append(z if act is None else act(z))
+        for (lin, _), wt, act_ in zip(self.layers, self.weights_t, self.inplace, strict=True):
+            z = torch.addmm(lin.bias, acts[-1], wt)
+            acts.append(z if act_ is None else act_(z))  # in place: backward needs only the output
         diff = acts[-1] - x
         loss = torch.dot(diff.view(-1), diff.view(-1)) / diff.numel()
         g = diff.mul_(2.0 / diff.numel())  # dL/dx_hat of the mean squared error

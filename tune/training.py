@@ -200,7 +200,7 @@ def train_autoencoder(
                 flat.grad.zero_()
                 loss.backward()
             adam_step(opt, flat)
-            total += loss.detach() * len(xb)  # no .item() per step: it would sync a GPU
+            total.add_(loss.detach(), alpha=len(xb))  # no .item() per step: it would sync a GPU
         train_loss = total.item() / n
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss is {train_loss} at epoch {epoch} (lr={lr})")
