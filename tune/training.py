@@ -240,6 +240,9 @@ def train_autoencoder(
     """
     model.train()
     use_channels_last(model)
+    if x_train.is_cuda:  # cuDNN's default conv backward sums with atomics: not repeatable
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     opt, flat = make_optimizer(model, lr, weight_decay)
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed)
