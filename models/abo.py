@@ -129,6 +129,7 @@ def _abo_epoch(X, order, C, m, v, step, lr, temperature, batch_size, max_steps):
     q = np.empty(k, np.float64)
     gx = np.zeros((k, dim), np.float64)  # sum_i g_ij x_i
     gs = np.zeros(k, np.float64)  # sum_i g_ij
+    x = np.empty(dim, np.float64)
     loss_sum, n_batches = 0.0, 0
     for start in range(0, n, batch_size):
         if step >= max_steps:
@@ -139,7 +140,9 @@ def _abo_epoch(X, order, C, m, v, step, lr, temperature, batch_size, max_steps):
         gs[:] = 0.0
         batch_loss = 0.0
         for r in range(start, stop):
-            x = X[order[r]]
+            src = X[order[r]]
+            for f in range(dim):  # widen to float64 once per row, not once per centre
+                x[f] = src[f]
             dmin = np.inf
             for j in range(k):
                 s = 0.0
@@ -150,7 +153,9 @@ def _abo_epoch(X, order, C, m, v, step, lr, temperature, batch_size, max_steps):
                 dmin = min(dmin, s)
             z = 0.0
             for j in range(k):  # softmax(-d/T), shifted by the smallest distance for stability
-                q[j] = math.exp(-(d[j] - dmin) / temperature)
+                a = -(d[j] - dmin) / temperature
+                # exp underflows to exactly 0.0 below about -745.1: skip the call, same result
+                q[j] = math.exp(a) if a > -746.0 else 0.0
                 z += q[j]
             dbar = 0.0
             for j in range(k):
@@ -158,6 +163,8 @@ def _abo_epoch(X, order, C, m, v, step, lr, temperature, batch_size, max_steps):
                 dbar += q[j] * d[j]
             batch_loss += dbar
             for j in range(k):
+                if q[j] == 0.0:  # then g = 0: adding it to gs and gx changes nothing
+                    continue
                 g = q[j] * (1.0 - (d[j] - dbar) / temperature) / B
                 gs[j] += g
                 for f in range(dim):
