@@ -55,21 +55,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def processes_of(pgids: set[int], marker: str = "") -> list[int]:
-    """Live pids (not zombies, not this process) in one of `pgids` or with `marker` in their command line."""
+def processes_of(sessions: set[int], marker: str = "") -> list[int]:
+    """Live pids (not zombies, not this process) whose process group or session is in
+    `sessions`, or with `marker` in their command line or environment.
+
+    A `ray start` run as a session leader keeps all its node's processes in its session, though
+    the raylet puts each worker in a process group of its own; workers and agents also rename
+    themselves ("ray::IDLE"), and renaming can overwrite what /proc shows of their environment.
+    """
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
             stat = (proc / "stat").read_text()
-            # Fields after the parenthesised command name: state ppid pgrp ...
-            state, _, pgrp = stat.rsplit(")", 1)[1].split()[:3]
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # exited meanwhile
+            # Fields after the parenthesised command name: state ppid pgrp session ...
+            state, _, pgrp, sid = stat.rsplit(")", 1)[1].split()[:4]
+            if state == "Z":
+                continue
+            if int(pgrp) in sessions or int(sid) in sessions:
+                found.append(int(proc.name))
+            elif marker:
+                text = (proc / "cmdline").read_bytes() + b"\0" + (proc / "environ").read_bytes()
+                if marker.encode() in text:
+                    found.append(int(proc.name))
+        except OSError:  # exited meanwhile, or not ours to read
             continue
-        if state != "Z" and (int(pgrp) in pgids or (marker and marker in cmdline)):
-            found.append(int(proc.name))
     return found
 
 
@@ -81,7 +92,7 @@ class Node:
     num_cpus: int
     temp_dir: Path
     node_manager_port: int
-    pgid: int
+    pgid: int  # also its session id: `ray start` runs as a session leader
     output: str
     node_id: str = ""  # Ray's node id (hex), filled in by LocalRayCluster.wait_for_nodes
 
@@ -189,7 +200,7 @@ class LocalRayCluster:
         raise RuntimeError(f"not every node came up within {timeout_s} s; GCS sees {seen}")
 
     def processes(self) -> list[int]:
-        """Pids of our processes still running: in our process groups or naming our temp dir."""
+        """Pids of our processes still running: in our `ray start` sessions or naming our temp dir."""
         return processes_of({n.pgid for n in self.nodes}, str(self.root))
 
     def stop(self, grace_s: float = 3) -> None:
