@@ -8,8 +8,9 @@ subprocess exactly as a user would on a cluster's head. See tune/local_cluster.p
 `ray start` gets its own ports and process group.
 
 Trials must use both nodes: each trial reserves 1 CPU, each node has 1, and 2 run at once.
-Multi-node Tune needs storage every node can reach (NFS, S3): on one machine the local
---storage-path directory is that shared storage, since both raylets see the same filesystem.
+Multi-node Tune needs storage every node can reach (NFS, S3): on one machine a local directory
+is that shared storage, since both raylets see the same filesystem; the test names it by a
+file:// URI, the way a cluster names S3.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Outcome:
     parent_artifacts: set[str] = field(default_factory=set)
     strays: list[int] = field(default_factory=list)  # our processes still alive after teardown
     seconds: dict[str, float] = field(default_factory=dict)
+    storage: Path = Path()
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +77,10 @@ def outcome(tmp_path_factory) -> Outcome:
                 "1",
                 "--max-concurrent",
                 "2",
+                # A storage URI, as on a real cluster (s3://...): file:// on one machine is
+                # storage both nodes reach, since they share its filesystem.
                 "--storage-path",
-                str(tmp / "ray"),  # shared by both nodes: they are on one filesystem
+                (tmp / "ray").as_uri(),
                 "--name",
                 NAME,
                 "--experiment",
@@ -91,7 +95,7 @@ def outcome(tmp_path_factory) -> Outcome:
             timeout=600,
         )
         searched = time.monotonic()
-        out = Outcome(search, node_ids)
+        out = Outcome(search, node_ids, storage=tmp / "ray")
         assert search.returncode == 0, search.stdout[-3000:] + search.stderr[-5000:]
         # Read back through the server only: nothing here looks at its store directly.
         client = MlflowClient(server.uri)
@@ -144,6 +148,13 @@ def test_pareto_summary_came_back(outcome):
     assert "Winner registered as models:/ct-multinode@champion" in stdout
     assert {"pareto.csv", "all_trials.csv", "pareto_front.png"} <= outcome.parent_artifacts
     assert outcome.parent.info.status == "FINISHED"
+
+
+def test_results_went_to_the_shared_storage(outcome):
+    """Every trial's checkpoints and results are under --storage-path, written by both nodes."""
+    trial_dirs = [d for d in (outcome.storage / NAME).iterdir() if d.is_dir()]
+    assert len(trial_dirs) == TRIALS
+    assert all(list(d.glob("checkpoint_*")) for d in trial_dirs)
 
 
 def test_nothing_left_running(outcome):

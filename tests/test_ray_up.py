@@ -39,12 +39,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from ray._private.utils import get_dashboard_dependency_error
 
 from mlflow import MlflowClient
 from tune.local_cluster import free_port, processes_of
@@ -214,7 +217,11 @@ def ssh_host() -> Iterator[SshHost]:
         + "\n",
     )
     # sshd insists on its privilege-separation directory (Debian creates it at boot only).
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    try:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    except OSError as e:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"sshd needs /run/sshd, which cannot be created here: {e}")
     sshd = subprocess.Popen(
         [str(SSHD), "-D", "-e", "-f", str(config)],
         stdout=subprocess.DEVNULL,
@@ -252,7 +259,9 @@ def test_ssh_session_runs_in_the_private_home_with_the_shim_first(ssh_host):
     assert ray == str(ssh_host.home / "venv-standin" / "bin" / "ray")
 
 
-def _cluster_file(host: SshHost, token: Path, gcs_port: int, mlflow_port: int) -> Path:
+def _cluster_file(
+    host: SshHost, token: Path, gcs_port: int, mlflow_port: int, dashboard_port: int
+) -> Path:
     """cluster.local.yaml with the head at 127.0.0.1 over the test's sshd (see the module doc)."""
     config = yaml.safe_load((REPO / "cluster.local.yaml").read_text())
     config["cluster_name"] = f"ct-up-{secrets.token_hex(4)}"
@@ -274,11 +283,11 @@ def _cluster_file(host: SshHost, token: Path, gcs_port: int, mlflow_port: int) -
         new = cmd
         if "ray start --head" in cmd:
             new = new.replace("--port=6379", f"--port={gcs_port}") + (
-                f" --temp-dir={host.root / 'ray'} --num-cpus=1 --dashboard-port={free_port()}"
+                f" --temp-dir={host.root / 'ray'} --num-cpus=1 --dashboard-port={dashboard_port}"
                 f" --dashboard-agent-listen-port={free_port()} --disable-usage-stats"
             )
         if "mlflow/server.sh" in cmd and "--daemon" in cmd:
-            new = new.replace("$(hostname -I | awk '{print $1}')", "127.0.0.1")
+            assert "--host" not in cmd  # 127.0.0.1: the driver, on the head, is its only client
             new = new.replace("--port 5000", f"--port {mlflow_port}")
         assert new != cmd or "ray stop" in cmd or "--stop" in cmd, cmd
         return new
@@ -298,8 +307,8 @@ def _launcher(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_ray_up_submit_down(ssh_host):
     host = ssh_host
     token = _write(host.root / "auth_token", secrets.token_hex(32), 0o600)
-    gcs_port, mlflow_port = free_port(), free_port()
-    cluster = str(_cluster_file(host, token, gcs_port, mlflow_port))
+    gcs_port, mlflow_port, dashboard_port = free_port(), free_port(), free_port()
+    cluster = str(_cluster_file(host, token, gcs_port, mlflow_port, dashboard_port))
     uri = f"http://127.0.0.1:{mlflow_port}"
     seconds: dict[str, float] = {}
     name = yaml.safe_load(Path(cluster).read_text())["cluster_name"]
@@ -349,6 +358,16 @@ def test_ray_up_submit_down(ssh_host):
         assert parent.info.status == "FINISHED" and len(kids) == 2
         assert (host.home / "clustertune" / "mlflow" / "store" / "mlflow.db").exists()
 
+        # The README's port forwards (`ray attach -p`, `ray dashboard`: ssh -L to the head's
+        # loopback). Local and remote ports differ here, as head and laptop are one machine.
+        t = time.monotonic()
+        assert _through_tunnel(cluster, host, mlflow_port, "/health") == 200  # MLflow's UI
+        # The dashboard runs only with ray[default] (the cluster files install it, the test's
+        # venv may lack it: then there is nothing to reach).
+        if get_dashboard_dependency_error() is None:
+            assert _through_tunnel(cluster, host, dashboard_port, "/") is not None
+        seconds["port forwards"] = time.monotonic() - t
+
         t = time.monotonic()
         down = _launcher("down", "-y", cluster, timeout=120)  # (it has no --no-config-cache)
         seconds["ray down"] = time.monotonic() - t
@@ -371,6 +390,40 @@ def test_ray_up_submit_down(ssh_host):
         if p != host.sshd.pid
     ]
     assert all(c.startswith("ssh ") or "proxy.py" in c for c in leftovers), leftovers
+
+
+def _through_tunnel(cluster: str, host: SshHost, remote_port: int, path: str) -> int | None:
+    """HTTP status of GET `path` on the head's 127.0.0.1:`remote_port`, through `ray dashboard
+    --port LOCAL --remote-port REMOTE` (an ssh -L tunnel, like `ray attach -p`); None if none came."""
+    local = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    tunnel = subprocess.Popen(
+        [str(RAY), "dashboard", cluster, "--port", str(local), "--remote-port", str(remote_port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # the CLI and its ssh: one group to stop
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and tunnel.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{local}{path}", timeout=5) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:  # an answer all the same (e.g. 401: token auth)
+                return e.code
+            except OSError:
+                time.sleep(0.5)
+        return None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(tunnel.pid, signal.SIGTERM)
+        tunnel.wait(timeout=10)
+        # The tunnel's remote side is `while true; do sleep 86400; done` in the private HOME.
+        for pid in processes_of(set(), str(host.home)):
+            if b"86400" in b"".join(_cmd(pid)):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _forget_launcher_state(cluster_name: str) -> None:

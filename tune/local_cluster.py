@@ -265,11 +265,16 @@ def mlflow_server(store: Path, python: str = sys.executable) -> Iterator[MlflowS
             subprocess.run([*server, "--stop"], env=env, timeout=60)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=2, help="nodes, the head included")
     p.add_argument("--cpus", type=int, default=1, help="CPUs per node")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops the nodes too, like Ctrl-C
     with LocalRayCluster() as cluster:
         for i in range(args.nodes):
             cluster.add_node(num_cpus=args.cpus, head=i == 0)
