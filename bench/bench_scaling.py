@@ -14,7 +14,7 @@ Reports trials per hour for both and the 2-node/1-node ratio (target >= 1.8x), t
 
 Appends a dated section (machine, versions, commit, load) to bench/RESULTS.md.
 
-    .venv/bin/python bench/bench_scaling.py                       # 12 trials of ~20 s: ~8 minutes
+    .venv/bin/python bench/bench_scaling.py                       # 12 trials of ~20 s: ~8 min quiet
     .venv/bin/python bench/bench_scaling.py --trials 4 --epochs 5 --no-write   # does it work? (~2 min)
 
 Two 1-CPU nodes on one machine need two idle cores: on a 2-core machine any other busy process

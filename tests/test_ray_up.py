@@ -18,11 +18,14 @@ the test changes in that copy, and why:
   through it. Real `ray stop` stops every Ray process on the host, and the launcher runs it on
   the head at `ray up` (head_start_ray_commands) and at `ray down`; here the head is a machine
   other Ray users may share.
-- Ports and addresses: the head's GCS, dashboard and MLflow server get free ports; MLflow binds
-  127.0.0.1 instead of the head's private address; Ray gets its own --temp-dir and 1 CPU.
+- Ports: the head's GCS, dashboard and MLflow server get free ports (the file's 6379, 8265 and
+  5000 may be taken on a shared machine); Ray gets its own --temp-dir and 1 CPU.
 
-Everything else (file_mounts, rsync excludes, the .bashrc line, token authentication, the
-command order) is the real file's.
+Everything else (file_mounts, rsync excludes, the .bashrc lines, token authentication, MLflow on
+the head's loopback, the command order) is the real file's. Checked: `ray up` syncs the checkout
+and the token and starts the head; `ray submit` runs a smoke search there that logs to the head's
+MLflow; MLflow (and the dashboard, where ray[default] is installed) answer through the launcher's
+port forward; `ray down` stops the head's Ray; nothing of the test keeps running.
 """
 
 from __future__ import annotations
