@@ -30,3 +30,14 @@ def test_local_file_uses_the_on_prem_provider_without_node_types():
     config = yaml.safe_load((REPO / "cluster.local.yaml").read_text())
     assert config["provider"]["type"] == "local"
     assert "available_node_types" not in config
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster.local.yaml"])
+def test_mlflow_on_loopback_and_every_node_gets_the_ray_token(name):
+    """The driver (on the head) is MLflow's only client; token auth needs the token and the mode
+    on every node (a joining node or driver does not switch token mode on by itself)."""
+    config = yaml.safe_load((REPO / name).read_text())
+    server = [c for c in config["head_start_ray_commands"] if "server.sh" in c and "--daemon" in c]
+    assert len(server) == 1 and "--host" not in server[0]  # server.sh's default: 127.0.0.1
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert any("RAY_AUTH_MODE=token" in c for c in config["setup_commands"])

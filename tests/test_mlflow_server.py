@@ -3,6 +3,7 @@
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -24,6 +25,8 @@ def test_server_binds_loopback_by_default_and_serves_artifacts(tmp_path):
         **os.environ,
         "MLFLOW_BACKEND_URI": f"sqlite:///{tmp_path}/mlflow.db",
         "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
+        # This interpreter's mlflow: a checkout without .venv (a git worktree) has no default one.
+        "MLFLOW_BIN": str(Path(sys.executable).parent / "mlflow"),
     }
     pidfile = tmp_path / "pid"
     out = subprocess.run(

@@ -231,6 +231,26 @@ def _max_conv_depth(space: SearchSpace) -> int:
     return int(max(depths, default=0))
 
 
+def storage_location(storage_path: str, name: str) -> tuple[str, str]:
+    """(storage, experiment dir) as Tune wants them: a URI (s3://, gs://, file://: shared storage
+    on a cluster) stays as given, a local path becomes absolute (trials run in other directories)."""
+    if "://" in storage_path:
+        storage = storage_path.rstrip("/")
+        return storage, f"{storage}/{name}"
+    storage = str(Path(storage_path).resolve())
+    return storage, str(Path(storage) / name)
+
+
+def _exists(location: str) -> bool:
+    """Whether a local path or a storage URI (through pyarrow, as Tune reads it) exists."""
+    if "://" not in location:
+        return Path(location).exists()
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
 def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri: str) -> int:
     """Start Ray and MLflow, run the Tuner, select and record the winner. Returns the exit code."""
     # Heavy imports only once the input is known to be good: bad input fails in about a second.
@@ -254,12 +274,11 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
     # is all a multi-objective OptunaSearch reads; Ray's documented switch for that:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
-    storage = Path(args.storage_path).resolve()
-    experiment_dir = storage / name
-    if args.resume and not tune.Tuner.can_restore(str(experiment_dir)):
+    storage, experiment_dir = storage_location(args.storage_path, name)
+    if args.resume and not tune.Tuner.can_restore(experiment_dir):
         print(f"error: --resume: no Tune experiment to resume at {experiment_dir}", file=sys.stderr)
         return 2
-    if not args.resume and experiment_dir.exists():
+    if not args.resume and _exists(experiment_dir):
         print(
             f"error: --name {name}: {experiment_dir} exists; pass --resume or another --name",
             file=sys.stderr,
@@ -279,7 +298,7 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
             "gpus_per_trial": args.gpus_per_trial,
             "max_concurrent": args.max_concurrent,
             "weights": list(args.weights),
-            "storage_path": str(storage),
+            "storage_path": storage,
             **{f"dataset.{k}": v for k, v in dataset.summary().items()},
         }
         parent_run_id = start_search_run(client, experiment_id, name, params, space.path)
@@ -291,7 +310,7 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
     logger = MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id)
     run_config = tune.RunConfig(
         name=name,
-        storage_path=str(storage),
+        storage_path=storage,
         callbacks=[logger],
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -299,7 +318,7 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
     )
     start = time.time()
     if args.resume:
-        tuner = tune.Tuner.restore(str(experiment_dir), trainable=fn, resume_errored=True)
+        tuner = tune.Tuner.restore(experiment_dir, trainable=fn, resume_errored=True)
     else:
         searcher = OptunaSearch(
             space=functools.partial(define, space=space, seed=args.seed),
