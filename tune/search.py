@@ -27,16 +27,20 @@ elif _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import argparse  # noqa: E402
-import functools  # noqa: E402
 import math  # noqa: E402
+import shlex  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from typing import Any  # noqa: E402
 
 from tune import names as N  # noqa: E402
 from tune.data import DATASETS, DatasetError, default_data_dir, load_dataset  # noqa: E402
 from tune.space import SearchSpace, SpaceError, load_space  # noqa: E402
-from tune.tracking import TrackingError, check_tracking_uri, default_tracking_uri  # noqa: E402
+from tune.tracking import (  # noqa: E402
+    TrackingError,
+    check_tracking_uri,
+    default_tracking_uri,
+    redact,
+)
 
 REPO_ROOT = Path(_ROOT)
 DEFAULT_STORAGE = REPO_ROOT / "ray_results"
@@ -48,8 +52,15 @@ class UsageError(Exception):
     """Bad input found before anything started: one line, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with bad input reported as one line (argparse's default adds the whole usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see python tune/search.py --help)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python tune/search.py",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -185,11 +196,6 @@ def check_args(args: argparse.Namespace) -> tuple[SearchSpace, int]:
     return space, n
 
 
-def define(trial, space: SearchSpace, seed: int) -> dict[str, Any]:
-    """Define-by-run space for OptunaSearch: the YAML space plus the search's seed."""
-    return {**space.define_by_run(trial), "seed": seed}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -234,18 +240,19 @@ def _max_conv_depth(space: SearchSpace) -> int:
 def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri: str) -> int:
     """Start Ray and MLflow, run the Tuner, select and record the winner. Returns the exit code."""
     # Heavy imports only once the input is known to be good: bad input fails in about a second.
-    import optuna
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from mlflow import MlflowClient
     from tune import report
+    from tune.searcher import make_searcher
     from tune.tracking import (
         MLflowTrialLogger,
+        fail_fast_http,
         find_search_run,
         get_or_create_experiment,
+        prepare_store,
         start_search_run,
     )
     from tune.trial import trainable
@@ -266,6 +273,8 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
         )
         return 2
 
+    fail_fast_http()
+    prepare_store(tracking_uri)
     client = MlflowClient(tracking_uri)
     experiment_id = get_or_create_experiment(client, args.experiment, tracking_uri)
     parent_run_id = find_search_run(client, experiment_id, name) if args.resume else None
@@ -301,13 +310,7 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
     if args.resume:
         tuner = tune.Tuner.restore(str(experiment_dir), trainable=fn, resume_errored=True)
     else:
-        searcher = OptunaSearch(
-            space=functools.partial(define, space=space, seed=args.seed),
-            metric=list(N.OBJECTIVES),
-            mode=list(N.OBJECTIVES.values()),
-            points_to_evaluate=[dict(p) for p in space.points] or None,
-            sampler=optuna.samplers.TPESampler(seed=args.seed),
-        )
+        searcher = make_searcher(space, args.seed)
         scheduler = (
             ASHAScheduler(metric=N.VAL_LOSS, mode="min", time_attr=N.EPOCH, grace_period=1)
             if args.scheduler == "asha"
@@ -327,35 +330,85 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
         )
     results = tuner.fit()
     elapsed = time.time() - start
-    try:  # whatever the callback could not log (tracking server down, driver restarted) is logged now
+    # From here on MLflow may be down: every result is safe in Ray's experiment directory, the
+    # summary is printed anyway, and `--resume` logs whatever is missing once the store is back.
+    complete = True
+    try:  # whatever the callback could not log (store down, driver restarted) is logged now
         fixed = logger.sync(results)
         if fixed:
             print(f"MLflow: completed {fixed} trial run(s) from Ray's results", flush=True)
     except Exception as e:  # noqa: BLE001 - results are safe in Ray's experiment directory
-        print(
-            f"warning: MLflow sync failed ({str(e).splitlines()[0][:200]}); results stay in "
-            f"{experiment_dir}; run again with --name {name} --resume to log them",
-            file=sys.stderr,
-        )
+        complete = False
+        _warn_mlflow("sync of the trials", e)
+    champion = None
     with tempfile.TemporaryDirectory() as tmp:
         weights = dict(zip(N.OBJECTIVES, args.weights, strict=True))
         named_points = list(zip(space.point_names, space.points, strict=True))
-        summary = report.summarise(results, client, parent_run_id, Path(tmp), weights, named_points)
-        champion = None
-        if summary.winner_dir is not None:
-            from tune.champion import log_champion
-
-            example = dataset.x_val[:5] if len(dataset.x_val) else dataset.x_train[:5]
-            champion = log_champion(
-                summary.winner_dir, parent_run_id, args.model_name, example, tracking_uri
-            )
-    client.set_tag(parent_run_id, "elapsed_s", f"{elapsed:.1f}")
-    if logger.pending:
-        client.set_tag(parent_run_id, "mlflow.incomplete_trials", ",".join(sorted(logger.pending)))
-    client.set_terminated(parent_run_id, "FINISHED")
+        summary = report.summarise(results, Path(tmp), weights, named_points)
+        if complete:
+            try:
+                report.log_summary(client, parent_run_id, summary)
+                champion = _champion(client, parent_run_id, summary, dataset, args, tracking_uri)
+                client.set_tag(parent_run_id, "elapsed_s", f"{elapsed:.1f}")
+                client.set_terminated(parent_run_id, "FINISHED")
+            except Exception as e:  # noqa: BLE001 - as above
+                complete = False
+                _warn_mlflow("logging of the summary", e)
     print(report.format_summary(summary, champion, args.model_name, elapsed))
+    if not complete:
+        print(
+            f"\nMLflow misses part of this search ({experiment_dir} has all of it). Once "
+            f"{redact(tracking_uri)} answers again, log the rest with:\n  "
+            + shlex.join(
+                [
+                    "python",
+                    "tune/search.py",
+                    "--resume",
+                    "--name",
+                    name,
+                    "--storage-path",
+                    str(storage),
+                    "--mlflow-uri",
+                    redact(tracking_uri),
+                    "--experiment",
+                    args.experiment,
+                    "--model-name",
+                    args.model_name,
+                ]
+            ),
+            file=sys.stderr,
+        )
+        return 3
     print(f"\nOpen these runs in the MLflow UI:\n  {report.ui_command(tracking_uri)}")
     return 0 if summary.front is not None and len(summary.front) else 1
+
+
+def _warn_mlflow(what: str, e: Exception) -> None:
+    print(f"warning: MLflow {what} failed: {str(e).splitlines()[0][:200]}", file=sys.stderr)
+
+
+# Parent-run tags recording the registered winner, so a repeated --resume registers it only once.
+CHAMPION_TRIAL_TAG = "champion.trial_id"
+CHAMPION_VERSION_TAG = "champion.version"
+
+
+def _champion(client, parent_run_id: str, summary, dataset, args, tracking_uri: str):
+    """Register the winner as `models:/<model-name>@champion` unless this search already did."""
+    if summary.winner_dir is None:
+        return None
+    from tune.champion import log_champion
+
+    trial_id = str(summary.trials.loc[summary.winner, "trial_id"])
+    tags = client.get_run(parent_run_id).data.tags
+    if tags.get(CHAMPION_TRIAL_TAG) == trial_id and CHAMPION_VERSION_TAG in tags:
+        return None, tags[CHAMPION_VERSION_TAG]
+    example = dataset.x_val[:5] if len(dataset.x_val) else dataset.x_train[:5]
+    champion = log_champion(
+        summary.winner_dir, parent_run_id, args.model_name, example, tracking_uri
+    )
+    client.set_tag(parent_run_id, CHAMPION_TRIAL_TAG, trial_id)
+    client.set_tag(parent_run_id, CHAMPION_VERSION_TAG, champion[1])
+    return champion
 
 
 if __name__ == "__main__":

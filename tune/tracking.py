@@ -9,6 +9,7 @@ in Ray's experiment directory, from which `sync_from_results` can (re)log whatev
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import re
@@ -47,19 +48,63 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{LOCAL_STORE / 'mlflow.db'}"
 
 
-def check_tracking_uri(uri: str, timeout_s: float = 10.0) -> None:
-    """Fail fast (within `timeout_s`) with a one-line TrackingError if the store is unusable."""
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with a one-line TrackingError if the store is unusable; creates nothing.
+
+    A server gets `timeout_s` to answer /health, so with Python's start-up a dead or black-holed
+    address is reported within 10 seconds of the command.
+    """
     if uri.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+            with urllib.request.urlopen(_health_url(uri), timeout=timeout_s) as r:
                 if r.status != 200:
-                    raise TrackingError(f"MLflow server {uri} answered HTTP {r.status} on /health")
-        except OSError as e:
-            raise TrackingError(f"MLflow server {uri} is unreachable: {e}") from None
+                    raise TrackingError(
+                        f"MLflow server {redact(uri)} answered HTTP {r.status} on /health"
+                    )
+        except (OSError, ValueError) as e:  # refused, timed out, DNS, bad URL
+            raise TrackingError(f"MLflow server {redact(uri)} is unreachable: {e}") from None
     elif uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(uri.removeprefix("sqlite:///")).expanduser().absolute()
+        ancestor = next(d for d in db.parents if d.exists())  # created later, by the search
+        if db.is_dir() or not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise TrackingError(f"--mlflow-uri {uri}: cannot create or write {db}")
     elif "://" not in uri:
         raise TrackingError(f"--mlflow-uri {uri!r}: expected http(s)://host:port or sqlite:///path")
+
+
+def _health_url(uri: str) -> str:
+    # urllib cannot take user:password@ in a URL; /health needs no credentials anyway.
+    return re.sub(r"(://)[^/@\s]+@", r"\1", uri.rstrip("/")) + "/health"
+
+
+def store_is_up(uri: str, timeout_s: float = 2.0) -> bool:
+    """A cheap probe: a server answers /health; a local store is always there."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        with urllib.request.urlopen(_health_url(uri), timeout=timeout_s) as r:
+            return r.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def prepare_store(uri: str) -> None:
+    """Create the directory of a sqlite store (after every input check passed)."""
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def fail_fast_http() -> None:
+    """Bound how long one MLflow HTTP call may block the search driver.
+
+    MLflow's client retries a failed request 7 times with exponential backoff (minutes) and waits
+    120 s for an answer: with the tracking server gone, every result would stall Ray's event loop
+    and with it every trial. A few seconds per call is enough for a live server; an unset variable
+    only is changed, so a user's own settings win.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
@@ -123,7 +168,7 @@ def numeric_items(result: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def _retry(fn: Callable[[], Any], what: str, attempts: int = 5) -> Any:
+def _retry(fn: Callable[[], Any], what: str, attempts: int = 3) -> Any:
     """Retry transient store errors (a busy sqlite file, a restarting server) with backoff."""
     for i in range(attempts):
         try:
@@ -136,19 +181,40 @@ def _retry(fn: Callable[[], Any], what: str, attempts: int = 5) -> Any:
     return None
 
 
+# After a failed MLflow call, the logger leaves the store alone this long before probing it again:
+# with the tracking server gone, each call would otherwise block Ray's event loop for seconds.
+OFFLINE_COOLDOWN_S = 30.0
+ORPHAN_TAG = "clustertune.orphan"
+
+
 class MLflowTrialLogger(Callback):
     """Tune callback: one nested MLflow run per trial, written from the driver.
 
-    A trial's run is found again by its Ray trial id, so a resumed search never duplicates runs.
-    If MLflow fails, the search goes on; `pending` lists trials whose run is incomplete.
+    A trial's run is found again by its Ray trial id, so a resumed search or a retried trial never
+    duplicates runs, and a result Ray reports twice (a trial re-running epochs after a restore) is
+    logged once. If MLflow fails, the search goes on: the logger stops calling the store for
+    `cooldown_s`, lists the trials it skipped in `pending`, and `sync` fills every gap afterwards
+    from Ray's experiment directory.
     """
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        cooldown_s: float = OFFLINE_COOLDOWN_S,
+    ) -> None:
+        self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
+        self.cooldown_s = cooldown_s
         self.run_ids: dict[str, str] = {}
-        self.pending: set[str] = set()
+        # run id -> its per-epoch points as (epoch, train loss), and the runs holding a final result
+        self.epochs_logged: dict[str, set[tuple[int, float]]] = {}
+        self.final_logged: set[str] = set()
+        self.pending: set[str] = set()  # trials whose run may miss something
+        self.offline_until: float | None = None  # monotonic time; None while the store works
 
     # -- helpers ----------------------------------------------------------------------------
     def run_id_for(self, trial_id: str, config: Mapping[str, Any], name: str) -> str:
@@ -159,8 +225,12 @@ class MLflowTrialLogger(Callback):
             filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
             max_results=1,
         )
-        if found:
+        if found:  # a resumed search or a restarted driver: continue the trial's run
             run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, N.TRAIN_LOSS)
+            self.epochs_logged[run_id] = {(m.step, m.value) for m in history}
+            if N.STATUS in found[0].data.tags:
+                self.final_logged.add(run_id)
         else:
             run = self.client.create_run(
                 self.experiment_id,
@@ -174,16 +244,60 @@ class MLflowTrialLogger(Callback):
             run_id = run.info.run_id
             params = [Param(k, str(v)) for k, v in sorted(config.items())]
             self.client.log_batch(run_id, params=params)
+            self.epochs_logged[run_id] = set()
         self.run_ids[trial_id] = run_id
         return run_id
 
+    def log_result(self, run_id: str, result: Mapping[str, Any]) -> bool:
+        """Log one Tune result unless the run already has it; True if something was logged.
+
+        A per-epoch result is known by (epoch, training loss): training is deterministic for a
+        seed, so epochs re-run from a checkpoint give the same point and are skipped, while the
+        final result (which reports the eval-mode training loss at the last epoch) is logged once.
+        """
+        if isinstance(result.get(N.STATUS), str):  # the final result
+            if run_id in self.final_logged:
+                return False
+            log_trial_result(self.client, run_id, result)
+            self.final_logged.add(run_id)
+            return True
+        point = (int(result.get(N.EPOCH, 0) or 0), float(result.get(N.TRAIN_LOSS, math.nan)))
+        seen = self.epochs_logged.setdefault(run_id, set())
+        if point in seen:
+            return False
+        log_trial_result(self.client, run_id, result)
+        seen.add(point)
+        return True
+
+    def _online(self) -> bool:
+        """False while cooling down after a failure; then one cheap probe decides."""
+        if self.offline_until is None:
+            return True
+        if time.monotonic() < self.offline_until:
+            return False
+        if store_is_up(self.tracking_uri):
+            log.warning("MLflow store %s is back; logging again", redact(self.tracking_uri))
+            self.offline_until = None
+            return True
+        self.offline_until = time.monotonic() + self.cooldown_s
+        return False
+
     def _safely(self, trial_id: str, what: str, fn: Callable[[], Any]) -> None:
+        if not self._online():
+            self.pending.add(trial_id)
+            return
         try:
             _retry(fn, what)
         except Exception as e:  # noqa: BLE001 - never let tracking kill the search
             self.pending.add(trial_id)
+            self.offline_until = time.monotonic() + self.cooldown_s
             log.error(
-                "MLflow %s for trial %s failed: %s", what, trial_id, str(e).splitlines()[0][:300]
+                "MLflow %s for trial %s failed: %s. The search goes on; results stay in Ray's "
+                "experiment directory and are logged when the store answers again (or by "
+                "--resume)",
+                what,
+                trial_id,
+                str(e).splitlines()[0][:300],
             )
 
     # -- Tune hooks -------------------------------------------------------------------------
@@ -196,10 +310,16 @@ class MLflowTrialLogger(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         def log_result() -> None:
-            run_id = self.run_id_for(trial.trial_id, trial.config, str(trial))
-            log_trial_result(self.client, run_id, result)
+            self.log_result(self.run_id_for(trial.trial_id, trial.config, str(trial)), result)
 
         self._safely(trial.trial_id, "log metrics", log_result)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        def tag() -> None:
+            run_id = self.run_id_for(trial.trial_id, trial.config, str(trial))
+            self.client.set_tag(run_id, "ray.num_failures", str(trial.num_failures))
+
+        self._safely(trial.trial_id, "tag retry", tag)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._safely(trial.trial_id, "finish run", lambda: self._finish(trial, "FINISHED"))
@@ -207,46 +327,13 @@ class MLflowTrialLogger(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._safely(trial.trial_id, "finish run", lambda: self._finish(trial, "FAILED"))
 
-    def sync(self, results) -> int:
-        """Make sure every trial of a Tune ResultGrid has a complete run; returns how many it fixed.
-
-        Re-logs a trial's whole history (Ray's progress.csv), final tags and artifacts when its run
-        is missing or unfinished, e.g. after the tracking server was down during the search.
-        """
-        fixed = 0
-        for r in results:
-            metrics = dict(r.metrics or {})
-            trial_id = metrics.get("trial_id")
-            if not trial_id:
-                continue
-            run_id = self.run_id_for(trial_id, r.config or {}, Path(r.path).name)
-            run = self.client.get_run(run_id)
-            if run.info.status in ("FINISHED", "FAILED") and N.STATUS in run.data.tags:
-                continue
-            history = r.metrics_dataframe
-            if history is not None:
-                for row in history.to_dict("records"):
-                    if N.STATUS not in row or not isinstance(row.get(N.STATUS), str):
-                        log_trial_result(
-                            self.client, run_id, {k: v for k, v in row.items() if k != N.STATUS}
-                        )
-            log_trial_result(self.client, run_id, metrics)
-            if r.checkpoint is not None and r.error is None:
-                with r.checkpoint.as_directory() as d:
-                    log_trial_artifacts(self.client, run_id, Path(d))
-            failed = r.error is not None or metrics.get(N.STATUS) == "diverged"
-            self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
-            self.pending.discard(trial_id)
-            fixed += 1
-        return fixed
-
     def _finish(self, trial, status: str) -> None:
         run_id = self.run_id_for(trial.trial_id, trial.config, str(trial))
         checkpoint = trial.checkpoint
         if checkpoint is not None and status == "FINISHED":
             with checkpoint.as_directory() as d:
                 log_trial_artifacts(self.client, run_id, Path(d))
-        tags = {"ray.trial_status": trial.status}
+        tags = {"ray.trial_status": trial.status, "ray.num_failures": str(trial.num_failures)}
         if status == "FAILED" and trial.error_file and os.path.exists(trial.error_file):
             tags["error"] = Path(trial.error_file).read_text()[-4000:]
             tags[N.STATUS] = "error"
@@ -256,7 +343,88 @@ class MLflowTrialLogger(Callback):
             "FAILED" if result.get(N.STATUS) == "diverged" or status == "FAILED" else status
         )
         self.client.set_terminated(run_id, status=final_status)
-        self.pending.discard(trial.trial_id)
+
+    # -- after the search -------------------------------------------------------------------
+    def sync(self, results) -> int:
+        """Make every trial of a Tune ResultGrid one complete run; returns how many it changed.
+
+        From Ray's experiment directory (each trial's progress.csv, final result and checkpoint),
+        logs whatever a run lacks: the run itself, per-epoch points, the final result, artifacts,
+        the end status; e.g. after the tracking server was down during the search, or when the
+        driver was killed. Runs of trials Ray has no record of (started just before a killed driver
+        could save the experiment state; the resumed search ran them again under new ids) are
+        tagged and deleted, so each trial has exactly one run. Raises if MLflow fails.
+        """
+        self.offline_until = None  # called once the search is over: try the store again
+        changed, trial_ids = 0, set()
+        for r in results:
+            metrics = dict(r.metrics or {})
+            trial_id = metrics.get("trial_id")
+            if not trial_id:
+                continue
+            trial_ids.add(trial_id)
+            if _retry(lambda r=r, t=trial_id: self._complete_run(t, r), "sync"):
+                changed += 1
+            self.pending.discard(trial_id)
+        return changed + _retry(lambda: self._drop_orphans(trial_ids), "orphan check")
+
+    def _complete_run(self, trial_id: str, r) -> bool:
+        metrics = dict(r.metrics or {})
+        dirname = Path(r.path).name if r.path else trial_id
+        name = dirname[: dirname.find(trial_id) + len(trial_id)] if trial_id in dirname else dirname
+        run_id = self.run_id_for(trial_id, r.config or {}, name)
+        changed = False
+        history = r.metrics_dataframe
+        for row in history.to_dict("records") if history is not None else ():
+            changed |= self.log_result(run_id, row)
+        changed |= self.log_result(run_id, metrics)
+        run = self.client.get_run(run_id)
+        if run.info.status in ("FINISHED", "FAILED"):
+            return changed
+        if r.checkpoint is not None and r.error is None:
+            with r.checkpoint.as_directory() as d:
+                log_trial_artifacts(self.client, run_id, Path(d))
+        if r.error is not None:
+            self.client.set_tag(run_id, "error", str(r.error)[-4000:])
+            self.client.set_tag(run_id, N.STATUS, "error")
+        failed = r.error is not None or metrics.get(N.STATUS) == "diverged"
+        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+        return True
+
+    def _drop_orphans(self, trial_ids: set[str]) -> int:
+        dropped = 0
+        for run in self.child_runs():
+            trial_id = run.data.tags.get(TRIAL_TAG)
+            if trial_id is None or trial_id in trial_ids:
+                continue
+            run_id = run.info.run_id
+            self.client.set_tag(
+                run_id,
+                ORPHAN_TAG,
+                "Ray has no record of this trial: the driver stopped before saving the experiment "
+                "state, and the resumed search ran a new trial instead",
+            )
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run_id, status="KILLED")
+            self.client.delete_run(run_id)  # soft delete: `mlflow gc` purges, restore_run undoes
+            self.run_ids.pop(trial_id, None)
+            dropped += 1
+        return dropped
+
+    def child_runs(self) -> list:
+        """Every active child run of this search (all pages)."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+                max_results=1000,
+                page_token=token,
+            )
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
 
 
 def log_trial_result(client: MlflowClient, run_id: str, result: Mapping[str, Any]) -> None:
@@ -267,12 +435,17 @@ def log_trial_result(client: MlflowClient, run_id: str, result: Mapping[str, Any
         Metric(k, v, ts, step) for k, v in sorted(numeric_items(result).items()) if k != N.EPOCH
     ]
     tags = []
-    if N.STATUS in result:  # the final report of the trial
+    if isinstance(result.get(N.STATUS), str):  # the final report of the trial
         for key in (N.STATUS, N.BEST_CLUSTERER, N.NODE, "hostname", "device", "reason"):
             if key in result:
                 tags.append(RunTag(key, str(result[key])[:5000]))
         tags.append(RunTag("node_ip", str(result.get("node_ip", ""))))
         tags.append(RunTag(N.DEGENERATE, "true" if result.get(N.DEGENERATE) else "false"))
+        split = "val" if N.metric("val", "degenerate", N.CLUSTERERS[0]) in result else "train"
+        collapsed = [
+            c for c in N.CLUSTERERS if result.get(N.metric(split, "degenerate", c), 0.0) == 1.0
+        ]
+        tags.append(RunTag(N.DEGENERATE_CLUSTERERS, ",".join(collapsed)))
     for i in range(0, max(len(metrics), 1), 900):  # log_batch takes at most 1000 metrics
         client.log_batch(run_id, metrics=metrics[i : i + 900], tags=tags if i == 0 else [])
 

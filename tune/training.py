@@ -24,7 +24,11 @@ EVAL_BATCH = 512  # inference batch: larger ones fall out of cache for conv mode
 
 
 class DivergedError(RuntimeError):
-    """The training loss became NaN or inf."""
+    """The training loss became NaN or inf (at 1-based `epoch`)."""
+
+    def __init__(self, message: str, epoch: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
 
 
 def pick_device(use_gpu: bool | None = None) -> torch.device:
@@ -203,7 +207,7 @@ def train_autoencoder(
             total += loss.detach() * len(xb)  # no .item() per step: it would sync a GPU
         train_loss = total.item() / n
         if not math.isfinite(train_loss):
-            raise DivergedError(f"training loss is {train_loss} at epoch {epoch} (lr={lr})")
+            raise DivergedError(f"training loss is {train_loss} at epoch {epoch} (lr={lr})", epoch)
         val_loss = reconstruction_loss(model, x_val) if x_val is not None else math.nan
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}
         history.append(record)
