@@ -31,16 +31,19 @@ import math  # noqa: E402
 import shlex  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 from tune import names as N  # noqa: E402
 from tune.data import DATASETS, DatasetError, default_data_dir, load_dataset  # noqa: E402
-from tune.space import SearchSpace, SpaceError, load_space  # noqa: E402
-from tune.tracking import (  # noqa: E402
+from tune.store import (  # noqa: E402 - light: no mlflow/ray/torch import before the checks
     TrackingError,
     check_tracking_uri,
     default_tracking_uri,
     redact,
 )
+
+if TYPE_CHECKING:
+    from tune.space import SearchSpace
 
 REPO_ROOT = Path(_ROOT)
 DEFAULT_STORAGE = REPO_ROOT / "ray_results"
@@ -184,6 +187,8 @@ def check_args(args: argparse.Namespace) -> tuple[SearchSpace, int]:
         raise UsageError("--resume needs --name (the search to resume)")
     if args.name is not None and (not args.name or "/" in args.name):
         raise UsageError(f"--name {args.name!r}: must be non-empty and contain no '/'")
+    from tune.space import SpaceError, load_space  # imports torch: after the cheap checks
+
     try:
         space = load_space(args.space)
     except SpaceError as e:
@@ -199,9 +204,11 @@ def check_args(args: argparse.Namespace) -> tuple[SearchSpace, int]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        space, num_samples = check_args(args)
+        # The tracking store first, before check_args imports torch: a dead server is reported
+        # within 10 seconds of the command.
         tracking_uri = args.mlflow_uri or default_tracking_uri()
         check_tracking_uri(tracking_uri)
+        space, num_samples = check_args(args)
         dataset = load_dataset(
             args.dataset, args.data_dir, val_fraction=args.val_fraction, seed=args.seed
         )
@@ -212,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{space.path}: parameters.conv_depth: up to {depth} stages do not fit "
                 f"{dataset.name}'s {h}x{w} images"
             )
-    except (UsageError, SpaceError, DatasetError, TrackingError) as e:
+    except (UsageError, DatasetError, TrackingError) as e:  # check_args wraps SpaceError
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.dataset == "auto" and dataset.name != "mnist":
@@ -247,12 +254,11 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
     from mlflow import MlflowClient
     from tune import report
     from tune.searcher import make_searcher
+    from tune.store import fail_fast_http, prepare_store
     from tune.tracking import (
         MLflowTrialLogger,
-        fail_fast_http,
         find_search_run,
         get_or_create_experiment,
-        prepare_store,
         start_search_run,
     )
     from tune.trial import trainable

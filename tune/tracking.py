@@ -3,7 +3,7 @@
 All writes happen in the driver process: trials report to Ray Tune, and `MLflowTrialLogger` (a Tune
 callback) turns each trial's results and final checkpoint into its child run. One writer means the
 local sqlite store never sees concurrent writers ("database is locked"), and every result also stays
-in Ray's experiment directory, from which `sync_from_results` can (re)log whatever is missing.
+in Ray's experiment directory, from which `MLflowTrialLogger.sync` (re)logs whatever is missing.
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ import logging
 import math
 import os
 import platform
-import re
 import shlex
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -28,83 +26,24 @@ from ray.tune import Callback
 
 from mlflow import MlflowClient
 from tune import names as N
+from tune.store import (  # noqa: F401 - the store helpers, also importable from here
+    LOCAL_STORE,
+    TrackingError,
+    check_tracking_uri,
+    default_tracking_uri,
+    fail_fast_http,
+    prepare_store,
+    redact,
+    store_is_up,
+)
 
 log = logging.getLogger("clustertune.tracking")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-LOCAL_STORE = REPO_ROOT / "mlflow" / "store"  # git-ignored
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "ray.trial_id"
 SEARCH_TAG = "clustertune.search"
 LIBRARIES = ("torch", "torchvision", "ray", "optuna", "mlflow", "scikit-learn", "numpy", "numba")
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be reached or used."""
-
-
-def default_tracking_uri() -> str:
-    """sqlite file under mlflow/store/ (absolute: trial processes run in other directories)."""
-    return f"sqlite:///{LOCAL_STORE / 'mlflow.db'}"
-
-
-def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast with a one-line TrackingError if the store is unusable; creates nothing.
-
-    A server gets `timeout_s` to answer /health, so with Python's start-up a dead or black-holed
-    address is reported within 10 seconds of the command.
-    """
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(_health_url(uri), timeout=timeout_s) as r:
-                if r.status != 200:
-                    raise TrackingError(
-                        f"MLflow server {redact(uri)} answered HTTP {r.status} on /health"
-                    )
-        except (OSError, ValueError) as e:  # refused, timed out, DNS, bad URL
-            raise TrackingError(f"MLflow server {redact(uri)} is unreachable: {e}") from None
-    elif uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///")).expanduser().absolute()
-        ancestor = next(d for d in db.parents if d.exists())  # created later, by the search
-        if db.is_dir() or not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-            raise TrackingError(f"--mlflow-uri {uri}: cannot create or write {db}")
-    elif "://" not in uri:
-        raise TrackingError(f"--mlflow-uri {uri!r}: expected http(s)://host:port or sqlite:///path")
-
-
-def _health_url(uri: str) -> str:
-    # urllib cannot take user:password@ in a URL; /health needs no credentials anyway.
-    return re.sub(r"(://)[^/@\s]+@", r"\1", uri.rstrip("/")) + "/health"
-
-
-def store_is_up(uri: str, timeout_s: float = 2.0) -> bool:
-    """A cheap probe: a server answers /health; a local store is always there."""
-    if not uri.startswith(("http://", "https://")):
-        return True
-    try:
-        with urllib.request.urlopen(_health_url(uri), timeout=timeout_s) as r:
-            return r.status == 200
-    except (OSError, ValueError):
-        return False
-
-
-def prepare_store(uri: str) -> None:
-    """Create the directory of a sqlite store (after every input check passed)."""
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-
-
-def fail_fast_http() -> None:
-    """Bound how long one MLflow HTTP call may block the search driver.
-
-    MLflow's client retries a failed request 7 times with exponential backoff (minutes) and waits
-    120 s for an answer: with the tracking server gone, every result would stall Ray's event loop
-    and with it every trial. A few seconds per call is enough for a live server; an unset variable
-    only is changed, so a user's own settings win.
-    """
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
@@ -116,11 +55,6 @@ def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str)
         db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
         artifact_location = (db.parent / "artifacts" / name).as_uri()
     return client.create_experiment(name, artifact_location=artifact_location)
-
-
-def redact(text: str) -> str:
-    """Hide credentials in URLs (scheme://user:password@host -> scheme://***@host)."""
-    return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
 
 
 def git_commit() -> str:
