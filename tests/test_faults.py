@@ -790,3 +790,106 @@ def test_no_secret_reaches_mlflow(faulty_search):
     for name in ("all_trials.csv", "best_config.yaml"):
         text = _artifact_text(f, name)
         assert not any(secret in text for secret in SECRETS.values())
+
+
+# --------------------------------------------------------------------------- server outage
+
+
+class TrackingServer:
+    """mlflow/server.sh on a free loopback port, its store and artifacts under `tmp`."""
+
+    def __init__(self, tmp: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.tmp = tmp
+        self.env = {
+            **os.environ,
+            "MLFLOW_BACKEND_URI": f"sqlite:///{tmp}/server.db",
+            "MLFLOW_ARTIFACTS_DESTINATION": str(tmp / "artifacts"),
+            # the launcher looks for .venv/bin/mlflow first, then PATH
+            "MLFLOW_BIN": os.environ.get("MLFLOW_BIN", str(Path(sys.executable).parent / "mlflow")),
+        }
+
+    def _script(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(REPO / "mlflow" / "server.sh"), *args, "--pidfile", str(self.tmp / "server.pid")],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        log = self.tmp / "server.log"
+        out = self._script(
+            "--port", str(self.port), "--daemon", "--log", str(log), "--workers", "1"
+        )
+        assert out.returncode == 0, out.stderr + log.read_text()
+
+    def crash(self) -> None:
+        """SIGKILL the server and its workers (their own process group): gone, mid-request."""
+        pidfile = self.tmp / "server.pid"
+        os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+        pidfile.unlink()
+
+    def stop(self) -> None:
+        if (self.tmp / "server.pid").exists():
+            self._script("--stop")
+
+
+@pytest.mark.slow
+def test_tracking_server_outage_loses_nothing(searches, tmp_path):
+    """Kill the tracking server while trials run: they keep running and the search finishes
+    (exit 3, with the command that logs the rest); once the server is back, that command
+    completes every run."""
+    server = TrackingServer(tmp_path)
+    server.start()
+    try:
+        space = points_space(
+            tmp_path / "space.yaml",
+            {f"p{i}": {"epochs": 150, "batch_size": 16, "latent_dim": 2 + i} for i in range(3)},
+        )
+        exp_dir = tmp_path / "ray" / "outage"
+        args = ["--space", str(space), "--dataset", "digits", "--max-concurrent", "3"]
+        args += [
+            "--cpus-per-trial",
+            "0.5",
+            "--name",
+            "outage",
+            "--storage-path",
+            str(tmp_path / "ray"),
+        ]
+        args += ["--mlflow-uri", server.uri, "--experiment", EXPERIMENT, "--model-name", "outage-m"]
+        search = searches(args, "search.log")
+        wait_for(lambda: trial_results(exp_dir), 180, "a trial reporting epochs", search)
+        server.crash()
+        crashed_at = time.time()
+        assert search.wait(300) == 3, search.tail()
+        log = search.log.read_text()
+        trials = trial_results(exp_dir)
+        assert len(trials) == 3 and all(r[-1][N.STATUS] == "ok" for r in trials.values())
+        # the trials went on while MLflow was gone: most of their epochs came after the crash
+        after = [r for rows in trials.values() for r in rows if r["timestamp"] >= crashed_at + 1]
+        assert len(after) > sum(map(len, trials.values())) / 2, (crashed_at, len(after))
+        assert "The search goes on" in log
+        assert "3 trials in" in log and "Pareto front" in log  # the summary, without MLflow
+        command = log.split("log the rest with:\n", 1)[1].splitlines()[0].split()
+        assert command[:2] == ["python", "tune/search.py"] and "--resume" in command
+
+        server.start()  # same port, same store
+        recovery = searches(command[2:], "recovery.log")
+        assert recovery.wait(300) == 0, recovery.tail()
+        recovered = recovery.log.read_text()
+        assert "every trial finished; logging what MLflow misses" in recovered
+        assert "Started a local Ray instance" not in recovered  # nothing to run: no Ray
+        assert_one_complete_run_per_trial(server.uri, "outage", trials)
+        parent, _ = search_runs(server.uri, "outage")
+        assert parent.info.status == "FINISHED"
+        client = MlflowClient(server.uri)
+        artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert {"pareto.csv", "all_trials.csv"} <= artifacts
+        assert client.get_model_version_by_alias("outage-m", "champion").version == "1"
+    finally:
+        server.stop()

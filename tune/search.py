@@ -27,7 +27,9 @@ elif _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import math  # noqa: E402
+import pickle  # noqa: E402
 import shlex  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -247,13 +249,10 @@ def _max_conv_depth(space: SearchSpace) -> int:
 def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri: str) -> int:
     """Start Ray and MLflow, run the Tuner, select and record the winner. Returns the exit code."""
     # Heavy imports only once the input is known to be good: bad input fails in about a second.
-    import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from mlflow import MlflowClient
     from tune import report
-    from tune.searcher import make_searcher
     from tune.store import fail_fast_http, prepare_store
     from tune.tracking import (
         MLflowTrialLogger,
@@ -261,7 +260,6 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
         get_or_create_experiment,
         start_search_run,
     )
-    from tune.trial import trainable
 
     # The objectives exist only in a trial's final result (per-epoch results carry the losses), which
     # is all a multi-objective OptunaSearch reads; Ray's documented switch for that:
@@ -299,42 +297,16 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
         }
         parent_run_id = start_search_run(client, experiment_id, name, params, space.path)
 
-    if not ray.is_initialized():
-        ray.init(address=args.address, include_dashboard=False, log_to_driver=True)
-    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
-    fn = tune.with_resources(tune.with_parameters(trainable, data=dataset), resources)
     logger = MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id)
-    run_config = tune.RunConfig(
-        name=name,
-        storage_path=str(storage),
-        callbacks=[logger],
-        failure_config=tune.FailureConfig(max_failures=args.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        verbose=1,
-    )
     start = time.time()
-    if args.resume:
-        tuner = tune.Tuner.restore(str(experiment_dir), trainable=fn, resume_errored=True)
+    if args.resume and tune_finished(experiment_dir):
+        # Nothing left for Tune to run (e.g. resumed after a tracking-server outage): read the
+        # results from disk and complete MLflow below, without starting Ray.
+        print(f"{experiment_dir}: every trial finished; logging what MLflow misses", flush=True)
+        results = tune.ResultGrid(tune.ExperimentAnalysis(str(experiment_dir)))
     else:
-        searcher = make_searcher(space, args.seed)
-        scheduler = (
-            ASHAScheduler(metric=N.VAL_LOSS, mode="min", time_attr=N.EPOCH, grace_period=1)
-            if args.scheduler == "asha"
-            else FIFOScheduler()
-        )
-        tuner = tune.Tuner(
-            fn,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=num_samples,
-                max_concurrent_trials=args.max_concurrent,
-                reuse_actors=True,  # one worker process per slot: torch/numba import once, not per trial
-                time_budget_s=args.time_budget_min * 60 if args.time_budget_min else None,
-            ),
-            run_config=run_config,
-        )
-    results = tuner.fit()
+        tuner = make_tuner(args, space, num_samples, dataset, name, storage, logger)
+        results = tuner.fit()
     elapsed = time.time() - start
     # From here on MLflow may be down: every result is safe in Ray's experiment directory, the
     # summary is printed anyway, and `--resume` logs whatever is missing once the store is back.
@@ -387,6 +359,76 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
         return 3
     print(f"\nOpen these runs in the MLflow UI:\n  {report.ui_command(tracking_uri)}")
     return 0 if summary.front is not None and len(summary.front) else 1
+
+
+def make_tuner(args, space: SearchSpace, num_samples: int, dataset, name, storage, logger):
+    """Start Ray (or join --address) and build the Tuner: a new one, or the restored --name."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from tune.searcher import make_searcher
+    from tune.tracking import MLflowTrialLogger
+    from tune.trial import trainable
+
+    if not ray.is_initialized():
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=True)
+    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+    fn = tune.with_resources(tune.with_parameters(trainable, data=dataset), resources)
+    run_config = tune.RunConfig(
+        name=name,
+        storage_path=str(storage),
+        callbacks=[logger],
+        failure_config=tune.FailureConfig(max_failures=args.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        verbose=1,
+    )
+    if args.resume:
+        tuner = tune.Tuner.restore(str(storage / name), trainable=fn, resume_errored=True)
+        # Restore brings back the run config pickled with the experiment, callbacks included: a
+        # logger bound to the MLflow URI and parent run of the first start. Ray has no public way
+        # to pass new callbacks, so this one (this command's --mlflow-uri) replaces it.
+        restored = tuner._local_tuner.get_run_config()
+        others = [c for c in restored.callbacks or [] if not isinstance(c, MLflowTrialLogger)]
+        restored.callbacks = [*others, logger]
+    else:
+        searcher = make_searcher(space, args.seed)
+        scheduler = (
+            ASHAScheduler(metric=N.VAL_LOSS, mode="min", time_attr=N.EPOCH, grace_period=1)
+            if args.scheduler == "asha"
+            else FIFOScheduler()
+        )
+        tuner = tune.Tuner(
+            fn,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=num_samples,
+                max_concurrent_trials=args.max_concurrent,
+                reuse_actors=True,  # one worker process per slot: torch/numba import once, not per trial
+                time_budget_s=args.time_budget_min * 60 if args.time_budget_min else None,
+            ),
+            run_config=run_config,
+        )
+    return tuner
+
+
+def tune_finished(experiment_dir: Path) -> bool:
+    """True when Tune would have nothing left to run: the searcher has created all its trials
+    and every trial in the saved experiment state TERMINATED. Reads Tune's own state files; any
+    surprise in them means False (then --resume restores the Tuner as usual)."""
+    states = sorted(experiment_dir.glob("experiment_state-*.json"))  # names carry the start time
+    generators = sorted(experiment_dir.glob("search_gen_state-*.json"))
+    if not states or not generators:
+        return False
+    try:
+        trials = [json.loads(t[0]) for t in json.loads(states[-1].read_text())["trial_data"]]
+        with generators[-1].open("rb") as f:
+            generator = pickle.load(f)  # a pickle despite its name
+        created_all = generator["finished"] or generator["counter"] >= generator["total_samples"]
+        return bool(trials) and created_all and all(t["status"] == "TERMINATED" for t in trials)
+    except Exception:  # noqa: BLE001 - an unknown format: let Tune decide
+        return False
 
 
 def _warn_mlflow(what: str, e: Exception) -> None:

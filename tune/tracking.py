@@ -12,11 +12,14 @@ import logging
 import math
 import os
 import platform
+import queue
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -115,20 +118,49 @@ def _retry(fn: Callable[[], Any], what: str, attempts: int = 3) -> Any:
     return None
 
 
-# After a failed MLflow call, the logger leaves the store alone this long before probing it again:
-# with the tracking server gone, each call would otherwise block Ray's event loop for seconds.
+# After a failed MLflow call, the logger leaves the store alone this long, then probes it (/health)
+# before calling it again: against a dead or black-holed server each call costs seconds.
 OFFLINE_COOLDOWN_S = 30.0
 ORPHAN_TAG = "clustertune.orphan"
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """What the logger needs of a Tune Trial, copied when Tune calls the hook (a Trial changes)."""
+
+    trial_id: str
+    name: str
+    config: dict
+    status: str = ""
+    last_result: dict = field(default_factory=dict)
+    checkpoint: Any = None
+    error_file: str | None = None
+    num_failures: int = 0
+
+    @classmethod
+    def of(cls, trial) -> TrialInfo:
+        return cls(
+            trial.trial_id,
+            str(trial),
+            dict(trial.config),
+            trial.status,
+            dict(trial.last_result or {}),
+            trial.checkpoint,
+            trial.error_file,
+            trial.num_failures,
+        )
 
 
 class MLflowTrialLogger(Callback):
     """Tune callback: one nested MLflow run per trial, written from the driver.
 
-    A trial's run is found again by its Ray trial id, so a resumed search or a retried trial never
-    duplicates runs, and a result Ray reports twice (a trial re-running epochs after a restore) is
-    logged once. If MLflow fails, the search goes on: the logger stops calling the store for
-    `cooldown_s`, lists the trials it skipped in `pending`, and `sync` fills every gap afterwards
-    from Ray's experiment directory.
+    Tune calls the hooks on the driver's event loop, which must never wait on MLflow (a trial's
+    `tune.report` waits until the driver takes its result), so the hooks only queue the work and
+    one background thread does the writing, in order. A trial's run is found again by its Ray trial
+    id, so a resumed search or a retried trial never duplicates runs, and a result Ray reports
+    twice (a trial re-running epochs after a restore) is logged once. If MLflow fails, the search
+    goes on: the logger leaves the store alone for `cooldown_s`, lists the trials it skipped in
+    `pending`, and `sync` fills every gap afterwards from Ray's experiment directory.
     """
 
     def __init__(
@@ -139,18 +171,94 @@ class MLflowTrialLogger(Callback):
         cooldown_s: float = OFFLINE_COOLDOWN_S,
     ) -> None:
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.cooldown_s = cooldown_s
+        # MLflow's HTTP client retries by itself; a sqlite store can be busy for a moment
+        self.attempts = 1 if tracking_uri.startswith(("http://", "https://")) else 3
+        self._reset()
+
+    def _reset(self) -> None:
+        self.client = MlflowClient(self.tracking_uri)
         self.run_ids: dict[str, str] = {}
         # run id -> its per-epoch points as (epoch, train loss), and the runs holding a final result
         self.epochs_logged: dict[str, set[tuple[int, float]]] = {}
         self.final_logged: set[str] = set()
         self.pending: set[str] = set()  # trials whose run may miss something
         self.offline_until: float | None = None  # monotonic time; None while the store works
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
 
-    # -- helpers ----------------------------------------------------------------------------
+    # Tune pickles its run config (with this callback) into the experiment directory.
+    def __getstate__(self) -> dict:
+        return {k: self.__dict__[k] for k in ("tracking_uri", "experiment_id", "parent_run_id")} | {
+            "cooldown_s": self.cooldown_s,
+            "attempts": self.attempts,
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    # -- the writer thread ------------------------------------------------------------------
+    def _submit(self, trial_id: str, what: str, fn: Callable[[], Any]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._write, name="mlflow-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((trial_id, what, fn))
+
+    def _write(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                self._safely(*item)
+            finally:
+                self._queue.task_done()
+
+    def close(self, timeout_s: float = 120.0) -> bool:
+        """Let the writer finish what is queued (at most `timeout_s`); True if it did."""
+        if self._thread is None:
+            return True
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+        done = not self._thread.is_alive()
+        self._thread = None if done else self._thread
+        return done
+
+    def _online(self) -> bool:
+        """False while cooling down after a failure; then one cheap probe decides."""
+        if self.offline_until is None:
+            return True
+        if time.monotonic() < self.offline_until:
+            return False
+        if store_is_up(self.tracking_uri):
+            log.warning("MLflow store %s is back; logging again", redact(self.tracking_uri))
+            self.offline_until = None
+            return True
+        self.offline_until = time.monotonic() + self.cooldown_s
+        return False
+
+    def _safely(self, trial_id: str, what: str, fn: Callable[[], Any]) -> None:
+        if not self._online():
+            self.pending.add(trial_id)
+            return
+        try:
+            _retry(fn, what, self.attempts)
+        except Exception as e:  # noqa: BLE001 - never let tracking kill the search
+            self.pending.add(trial_id)
+            self.offline_until = time.monotonic() + self.cooldown_s
+            log.error(
+                "MLflow %s for trial %s failed: %s. The search goes on; results stay in Ray's "
+                "experiment directory and are logged when the store answers again (or by "
+                "--resume)",
+                what,
+                trial_id,
+                str(e).splitlines()[0][:300],
+            )
+
+    # -- writing ----------------------------------------------------------------------------
     def run_id_for(self, trial_id: str, config: Mapping[str, Any], name: str) -> str:
         if trial_id in self.run_ids:
             return self.run_ids[trial_id]
@@ -195,7 +303,7 @@ class MLflowTrialLogger(Callback):
             log_trial_result(self.client, run_id, result)
             self.final_logged.add(run_id)
             return True
-        point = (int(result.get(N.EPOCH, 0) or 0), float(result.get(N.TRAIN_LOSS, math.nan)))
+        point = _point(result)
         seen = self.epochs_logged.setdefault(run_id, set())
         if point in seen:
             return False
@@ -203,80 +311,47 @@ class MLflowTrialLogger(Callback):
         seen.add(point)
         return True
 
-    def _online(self) -> bool:
-        """False while cooling down after a failure; then one cheap probe decides."""
-        if self.offline_until is None:
-            return True
-        if time.monotonic() < self.offline_until:
-            return False
-        if store_is_up(self.tracking_uri):
-            log.warning("MLflow store %s is back; logging again", redact(self.tracking_uri))
-            self.offline_until = None
-            return True
-        self.offline_until = time.monotonic() + self.cooldown_s
-        return False
+    def _run_of(self, t: TrialInfo) -> str:
+        return self.run_id_for(t.trial_id, t.config, t.name)
 
-    def _safely(self, trial_id: str, what: str, fn: Callable[[], Any]) -> None:
-        if not self._online():
-            self.pending.add(trial_id)
-            return
-        try:
-            _retry(fn, what)
-        except Exception as e:  # noqa: BLE001 - never let tracking kill the search
-            self.pending.add(trial_id)
-            self.offline_until = time.monotonic() + self.cooldown_s
-            log.error(
-                "MLflow %s for trial %s failed: %s. The search goes on; results stay in Ray's "
-                "experiment directory and are logged when the store answers again (or by "
-                "--resume)",
-                what,
-                trial_id,
-                str(e).splitlines()[0][:300],
-            )
-
-    # -- Tune hooks -------------------------------------------------------------------------
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._safely(
-            trial.trial_id,
-            "create run",
-            lambda: self.run_id_for(trial.trial_id, trial.config, str(trial)),
-        )
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        def log_result() -> None:
-            self.log_result(self.run_id_for(trial.trial_id, trial.config, str(trial)), result)
-
-        self._safely(trial.trial_id, "log metrics", log_result)
-
-    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        def tag() -> None:
-            run_id = self.run_id_for(trial.trial_id, trial.config, str(trial))
-            self.client.set_tag(run_id, "ray.num_failures", str(trial.num_failures))
-
-        self._safely(trial.trial_id, "tag retry", tag)
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._safely(trial.trial_id, "finish run", lambda: self._finish(trial, "FINISHED"))
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._safely(trial.trial_id, "finish run", lambda: self._finish(trial, "FAILED"))
-
-    def _finish(self, trial, status: str) -> None:
-        run_id = self.run_id_for(trial.trial_id, trial.config, str(trial))
-        checkpoint = trial.checkpoint
-        if checkpoint is not None and status == "FINISHED":
-            with checkpoint.as_directory() as d:
+    def _finish(self, t: TrialInfo, status: str) -> None:
+        run_id = self._run_of(t)
+        if t.checkpoint is not None and status == "FINISHED":
+            with t.checkpoint.as_directory() as d:
                 log_trial_artifacts(self.client, run_id, Path(d))
-        tags = {"ray.trial_status": trial.status, "ray.num_failures": str(trial.num_failures)}
-        if status == "FAILED" and trial.error_file and os.path.exists(trial.error_file):
-            tags["error"] = Path(trial.error_file).read_text()[-4000:]
+        tags = {"ray.trial_status": t.status, "ray.num_failures": str(t.num_failures)}
+        if status == "FAILED" and t.error_file and os.path.exists(t.error_file):
+            tags["error"] = Path(t.error_file).read_text()[-4000:]
             tags[N.STATUS] = "error"
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        result = trial.last_result or {}
-        final_status = (
-            "FAILED" if result.get(N.STATUS) == "diverged" or status == "FAILED" else status
+        diverged = t.last_result.get(N.STATUS) == "diverged"
+        self.client.set_terminated(run_id, status="FAILED" if diverged else status)
+
+    # -- Tune hooks (the driver's event loop: queue and return) -----------------------------
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        t = TrialInfo.of(trial)
+        self._submit(t.trial_id, "create run", lambda: self._run_of(t))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        t, result = TrialInfo.of(trial), dict(result)
+        self._submit(t.trial_id, "log metrics", lambda: self.log_result(self._run_of(t), result))
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        t = TrialInfo.of(trial)
+        n = str(t.num_failures)
+        self._submit(
+            t.trial_id,
+            "tag retry",
+            lambda: self.client.set_tag(self._run_of(t), "ray.num_failures", n),
         )
-        self.client.set_terminated(run_id, status=final_status)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        t = TrialInfo.of(trial)
+        self._submit(t.trial_id, "finish run", lambda: self._finish(t, "FINISHED"))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        t = TrialInfo.of(trial)
+        self._submit(t.trial_id, "finish run", lambda: self._finish(t, "FAILED"))
 
     # -- after the search -------------------------------------------------------------------
     def sync(self, results) -> int:
@@ -289,7 +364,10 @@ class MLflowTrialLogger(Callback):
         could save the experiment state; the resumed search ran them again under new ids) are
         tagged and deleted, so each trial has exactly one run. Raises if MLflow fails.
         """
-        self.offline_until = None  # called once the search is over: try the store again
+        self.close()  # the writer's queue first (quick while the store is down: it skips)
+        if not store_is_up(self.tracking_uri, timeout_s=5.0):  # no retries against a dead server
+            raise TrackingError(f"MLflow store {redact(self.tracking_uri)} does not answer")
+        self.offline_until = None
         changed, trial_ids = 0, set()
         for r in results:
             metrics = dict(r.metrics or {})
@@ -307,10 +385,20 @@ class MLflowTrialLogger(Callback):
         dirname = Path(r.path).name if r.path else trial_id
         name = dirname[: dirname.find(trial_id) + len(trial_id)] if trial_id in dirname else dirname
         run_id = self.run_id_for(trial_id, r.config or {}, name)
-        changed = False
+        # every per-epoch point the run lacks, in a few batches (one call per epoch is slow)
+        seen = self.epochs_logged.setdefault(run_id, set())
         history = r.metrics_dataframe
-        for row in history.to_dict("records") if history is not None else ():
-            changed |= self.log_result(run_id, row)
+        rows = history.to_dict("records") if history is not None else []
+        missing = {
+            _point(row): row
+            for row in rows
+            if not isinstance(row.get(N.STATUS), str) and _point(row) not in seen
+        }
+        log_metrics(
+            self.client, run_id, [m for row in missing.values() for m in result_metrics(row)]
+        )
+        seen.update(missing)
+        changed = bool(missing)
         changed |= self.log_result(run_id, metrics)
         run = self.client.get_run(run_id)
         if run.info.status in ("FINISHED", "FAILED"):
@@ -361,27 +449,46 @@ class MLflowTrialLogger(Callback):
                 return runs
 
 
-def log_trial_result(client: MlflowClient, run_id: str, result: Mapping[str, Any]) -> None:
-    """Per-epoch results as metrics at step=epoch; the final result also sets the trial's tags."""
+def result_metrics(result: Mapping[str, Any]) -> list[Metric]:
+    """A Tune result's numbers as MLflow metrics at step = epoch."""
     step = int(result.get(N.EPOCH, 0) or 0)
     ts = int(time.time() * 1000)
-    metrics = [
-        Metric(k, v, ts, step) for k, v in sorted(numeric_items(result).items()) if k != N.EPOCH
+    items = sorted(numeric_items(result).items())
+    return [Metric(k, v, ts, step) for k, v in items if k != N.EPOCH]
+
+
+def result_tags(result: Mapping[str, Any]) -> list[RunTag]:
+    """The trial's tags, from its final result (none for a per-epoch one)."""
+    if not isinstance(result.get(N.STATUS), str):
+        return []
+    tags = [
+        RunTag(key, str(result[key])[:5000])
+        for key in (N.STATUS, N.BEST_CLUSTERER, N.NODE, "hostname", "device", "reason")
+        if key in result
     ]
-    tags = []
-    if isinstance(result.get(N.STATUS), str):  # the final report of the trial
-        for key in (N.STATUS, N.BEST_CLUSTERER, N.NODE, "hostname", "device", "reason"):
-            if key in result:
-                tags.append(RunTag(key, str(result[key])[:5000]))
-        tags.append(RunTag("node_ip", str(result.get("node_ip", ""))))
-        tags.append(RunTag(N.DEGENERATE, "true" if result.get(N.DEGENERATE) else "false"))
-        split = "val" if N.metric("val", "degenerate", N.CLUSTERERS[0]) in result else "train"
-        collapsed = [
-            c for c in N.CLUSTERERS if result.get(N.metric(split, "degenerate", c), 0.0) == 1.0
-        ]
-        tags.append(RunTag(N.DEGENERATE_CLUSTERERS, ",".join(collapsed)))
+    tags.append(RunTag("node_ip", str(result.get("node_ip", ""))))
+    tags.append(RunTag(N.DEGENERATE, "true" if result.get(N.DEGENERATE) else "false"))
+    split = "val" if N.metric("val", "degenerate", N.CLUSTERERS[0]) in result else "train"
+    collapsed = [c for c in N.CLUSTERERS if result.get(N.metric(split, "degenerate", c)) == 1.0]
+    tags.append(RunTag(N.DEGENERATE_CLUSTERERS, ",".join(collapsed)))
+    return tags
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric], tags=()) -> None:
+    if not metrics and not tags:
+        return
     for i in range(0, max(len(metrics), 1), 900):  # log_batch takes at most 1000 metrics
-        client.log_batch(run_id, metrics=metrics[i : i + 900], tags=tags if i == 0 else [])
+        client.log_batch(run_id, metrics=metrics[i : i + 900], tags=list(tags) if i == 0 else [])
+
+
+def log_trial_result(client: MlflowClient, run_id: str, result: Mapping[str, Any]) -> None:
+    """Per-epoch results as metrics at step=epoch; the final result also sets the trial's tags."""
+    log_metrics(client, run_id, result_metrics(result), result_tags(result))
+
+
+def _point(result: Mapping[str, Any]) -> tuple[int, float]:
+    """A per-epoch result's identity: (epoch, training loss)."""
+    return int(result.get(N.EPOCH, 0) or 0), float(result.get(N.TRAIN_LOSS, math.nan))
 
 
 def log_trial_artifacts(client: MlflowClient, run_id: str, directory: Path) -> None:
