@@ -162,6 +162,27 @@ def wait_for(condition, timeout: float, what: str, search: Search | None = None,
     raise AssertionError(f"no {what} after {timeout} s" + (f":\n{search.tail()}" if search else ""))
 
 
+def logged_epochs(uri: str, filter_string: str) -> tuple[str, int] | None:
+    """(trial id, epochs in MLflow) of the first child run matching `filter_string`, if any."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], filter_string) if exp else []
+    runs = [r for r in runs if "ray.trial_id" in r.data.tags]
+    if not runs:
+        return None
+    history = client.get_metric_history(runs[0].info.run_id, N.TRAIN_LOSS)
+    return runs[0].data.tags["ray.trial_id"], len(history)
+
+
+def worker_of(trial_id: str, search: Search) -> int | None:
+    """The pid of the Ray worker running the trial: Tune runs each trial in its own directory."""
+    for pid in session_pids(search.proc.pid):
+        with contextlib.suppress(OSError):
+            if trial_id in os.readlink(f"/proc/{pid}/cwd"):
+                return pid
+    return None
+
+
 # --------------------------------------------------------------------------- Ray's records
 
 
@@ -633,11 +654,9 @@ def faulty_search(tmp_path_factory):
     search = Search(args, env, tmp / "search.log")
 
     def slow_worker_after_two_checkpoints():
-        for rows in trial_results(exp_dir).values():
-            if _point_of(rows[0]["config"]) == "slow":
-                checkpoints = sum(bool(r.get("should_checkpoint")) for r in rows)
-                return rows[-1]["pid"] if checkpoints >= 2 and len(rows) < SLOW_EPOCHS else None
-        return None
+        # MLflow, not Ray's result.json: Tune stages that and copies it over only now and then
+        run = logged_epochs(uri, f"params.epochs = '{SLOW_EPOCHS}'")
+        return worker_of(run[0], search) if run and run[1] >= 2 else None  # checkpoints: 2+
 
     try:
         worker = wait_for(slow_worker_after_two_checkpoints, 300, "2 slow checkpoints", search)
@@ -856,7 +875,12 @@ def test_tracking_server_outage_loses_nothing(searches, tmp_path):
         ]
         args += ["--mlflow-uri", server.uri, "--experiment", EXPERIMENT, "--model-name", "outage-m"]
         search = searches(args, "search.log")
-        wait_for(lambda: trial_results(exp_dir), 180, "a trial reporting epochs", search)
+
+        def logging() -> bool:
+            run = logged_epochs(server.uri, "")
+            return run is not None and run[1] >= 2
+
+        wait_for(logging, 180, "a trial logging epochs", search, poll=0.2)
         server.crash()
         crashed_at = time.time()
         assert search.wait(300) == 3, search.tail()
