@@ -494,14 +494,16 @@ class _Result:
             {N.EPOCH: e, N.TRAIN_LOSS: 1.0 / e, N.VAL_LOSS: 1.1 / e, "trial_id": trial_id}
             for e in range(1, epochs + 1)
         ]
-        self.metrics_dataframe = pd.DataFrame(rows)
         self.metrics = {
             **rows[-1],
-            N.TRAIN_LOSS: 0.05,
+            N.TRAIN_LOSS: 0.05,  # the final result: eval-mode loss at the last epoch
             N.SILHOUETTE: 0.3,
             N.STATUS: "ok",
             N.BEST_CLUSTERER: "kmeans",
         }
+        # progress.csv has the first result's columns: the final result is a plain row there
+        final_row = {k: self.metrics[k] for k in rows[-1]}
+        self.metrics_dataframe = pd.DataFrame([*rows, final_row])
         self.path = str(path / f"trainable_{trial_id}_1_arch=mlp")
         self.checkpoint = None
         self.error = None
@@ -511,7 +513,7 @@ def test_sync_fills_gaps_once_and_drops_orphan_runs(tmp_path):
     """What --resume does after a killed driver or a tracking-server outage, without Ray: a run
     that missed epochs gets exactly the missing ones and its final result; a trial with no run gets
     one; a run whose trial Ray never recorded (started just before the driver died) is deleted."""
-    from tune.tracking import ORPHAN_TAG, MLflowTrialLogger, log_trial_result
+    from tune.tracking import ORPHAN_TAG, MLflowTrialLogger
 
     uri = f"sqlite:///{tmp_path}/m.db"
     client = MlflowClient(uri)
@@ -520,12 +522,13 @@ def test_sync_fills_gaps_once_and_drops_orphan_runs(tmp_path):
     logger = MLflowTrialLogger(uri, exp, parent)
     partial, missing = _Result("aaaa0001", 4, tmp_path), _Result("aaaa0002", 3, tmp_path)
     run = logger.run_id_for("aaaa0001", partial.config, "trainable_aaaa0001")
-    log_trial_result(client, run, partial.metrics_dataframe.iloc[0].to_dict())  # epoch 1 only
+    logger.log_result(run, partial.metrics_dataframe.iloc[0].to_dict())  # epoch 1, live
+    logger.log_result(run, partial.metrics_dataframe.iloc[0].to_dict())  # reported again
     orphan = logger.run_id_for("deadbeef", partial.config, "trainable_deadbeef")
 
-    fresh = MLflowTrialLogger(uri, exp, parent)  # as after a driver restart: nothing in memory
-    assert fresh.sync([partial, missing]) == 3  # two trials completed, one orphan dropped
-    assert MLflowTrialLogger(uri, exp, parent).sync([partial, missing]) == 0  # nothing left to do
+    assert logger.sync([partial, missing]) == 3  # two trials completed, one orphan dropped
+    restarted = MLflowTrialLogger(uri, exp, parent)  # as after a driver restart: nothing in memory
+    assert restarted.sync([partial, missing]) == 0  # nothing left to do
 
     _, kids = search_runs(uri, "s")
     assert sorted(k.data.tags["ray.trial_id"] for k in kids) == ["aaaa0001", "aaaa0002"]

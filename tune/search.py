@@ -432,7 +432,7 @@ def tune_finished(experiment_dir: Path) -> bool:
 
 
 def _warn_mlflow(what: str, e: Exception) -> None:
-    print(f"warning: MLflow {what} failed: {str(e).splitlines()[0][:200]}", file=sys.stderr)
+    print(f"warning: MLflow {what} failed: {redact(str(e)).splitlines()[0][:200]}", file=sys.stderr)
 
 
 # Parent-run tags recording the registered winner, so a repeated --resume registers it only once.

@@ -113,7 +113,9 @@ def _retry(fn: Callable[[], Any], what: str, attempts: int = 3) -> Any:
         except Exception as e:  # noqa: BLE001 - MLflow raises many types for transient failures
             if i == attempts - 1:
                 raise
-            log.warning("MLflow %s failed (%s); retrying", what, str(e).splitlines()[0][:200])
+            log.warning(
+                "MLflow %s failed (%s); retrying", what, redact(str(e)).splitlines()[0][:200]
+            )
             time.sleep(0.5 * 2**i)
     return None
 
@@ -255,7 +257,7 @@ class MLflowTrialLogger(Callback):
                 "--resume)",
                 what,
                 trial_id,
-                str(e).splitlines()[0][:300],
+                redact(str(e)).splitlines()[0][:300],
             )
 
     # -- writing ----------------------------------------------------------------------------
@@ -302,6 +304,8 @@ class MLflowTrialLogger(Callback):
                 return False
             log_trial_result(self.client, run_id, result)
             self.final_logged.add(run_id)
+            # progress.csv may hold it as a plain row (its columns are the first result's)
+            self.epochs_logged.setdefault(run_id, set()).add(_point(result))
             return True
         point = _point(result)
         seen = self.epochs_logged.setdefault(run_id, set())
@@ -389,10 +393,13 @@ class MLflowTrialLogger(Callback):
         seen = self.epochs_logged.setdefault(run_id, set())
         history = r.metrics_dataframe
         rows = history.to_dict("records") if history is not None else []
+        # progress.csv may hold the final result as a plain row: it is logged as the final below
+        final = {_point(metrics)} if isinstance(metrics.get(N.STATUS), str) else set()
+        skip = seen | final
         missing = {
             _point(row): row
             for row in rows
-            if not isinstance(row.get(N.STATUS), str) and _point(row) not in seen
+            if not isinstance(row.get(N.STATUS), str) and _point(row) not in skip
         }
         log_metrics(
             self.client, run_id, [m for row in missing.values() for m in result_metrics(row)]
