@@ -561,16 +561,10 @@ def test_killed_driver_resumes_to_the_asked_trials(searches, tmp_path):
     space.write_text(yaml.safe_dump(doc, sort_keys=False))
     uri = f"sqlite:///{tmp_path}/m.db"
     exp_dir = tmp_path / "ray" / "k"
+    where = ["--name", "k", "--storage-path", str(tmp_path / "ray"), "--mlflow-uri", uri]
+    where += ["--experiment", EXPERIMENT]
     args = ["--space", str(space), "--dataset", "digits", "--num-samples", "6"]
-    args += ["--max-concurrent", "2", "--cpus-per-trial", "0.5", "--name", "k"]
-    args += [
-        "--storage-path",
-        str(tmp_path / "ray"),
-        "--mlflow-uri",
-        uri,
-        "--experiment",
-        EXPERIMENT,
-    ]
+    args += ["--max-concurrent", "2", "--cpus-per-trial", "0.5", *where]
     # Tune saves its experiment state every 10 s or more by default; every 2 s here, so the kill
     # can wait for a state with finished trials in it.
     first = searches(args, "first.log", TUNE_GLOBAL_CHECKPOINT_S="2")
@@ -586,8 +580,10 @@ def test_killed_driver_resumes_to_the_asked_trials(searches, tmp_path):
     asked_before = len(optuna_study(exp_dir).trials)
     assert asked_before >= 2
 
-    second = searches([*args, "--resume"], "second.log")
+    # only where the search is: its space, data set and seed come from its first start
+    second = searches([*where, "--resume"], "second.log")
     assert second.wait(300) == 0, second.tail()
+    assert "MNIST is not on disk" not in second.log.read_text()  # --dataset digits, restored
 
     trials = trial_results(exp_dir)
     trials = {t: rows for t, rows in trials.items() if t in saved_statuses(exp_dir)}

@@ -135,7 +135,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="search name (Tune experiment and MLflow parent run); default: search-<time>",
     )
     p.add_argument(
-        "--resume", action="store_true", help="resume the search --name from --storage-path"
+        "--resume",
+        action="store_true",
+        help="resume the search --name from --storage-path (with its own space, data and seed), "
+        "or log what MLflow misses of it",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial")
     p.add_argument(
@@ -203,8 +206,26 @@ def check_args(args: argparse.Namespace) -> tuple[SearchSpace, int]:
     return space, n
 
 
+# In the experiment directory: what a search was started with that --resume must reuse (Tune
+# restores its own state, not our data set, space, seed or winner weights).
+SETTINGS_FILE = "clustertune.json"
+RESUMED_SETTINGS = ("space", "dataset", "data_dir", "val_fraction", "seed", "weights")
+
+
+def resumed_settings(args: argparse.Namespace) -> None:
+    """For --resume, replace RESUMED_SETTINGS in `args` by those the search was started with."""
+    if not (args.resume and args.name):
+        return
+    path = Path(args.storage_path).resolve() / args.name / SETTINGS_FILE
+    if path.is_file():
+        for key, value in json.loads(path.read_text()).items():
+            if key in RESUMED_SETTINGS:
+                setattr(args, key, value)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    resumed_settings(args)
     try:
         # The tracking store first, before check_args imports torch: a dead server is reported
         # within 10 seconds of the command.
@@ -305,6 +326,13 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
         print(f"{experiment_dir}: every trial finished; logging what MLflow misses", flush=True)
         results = tune.ResultGrid(tune.ExperimentAnalysis(str(experiment_dir)))
     else:
+        if not args.resume:
+            experiment_dir.mkdir(parents=True)
+            settings = {key: getattr(args, key) for key in RESUMED_SETTINGS}
+            # the space's file and the data set as resolved ("auto" -> a name, a directory: absolute)
+            data = dataset.name if dataset.name in DATASETS else dataset.source
+            settings.update(space=str(Path(space.path).resolve()), dataset=data)
+            (experiment_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
         tuner = make_tuner(args, space, num_samples, dataset, name, storage, logger)
         results = tuner.fit()
     elapsed = time.time() - start
