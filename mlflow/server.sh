@@ -8,6 +8,7 @@
 #   MLFLOW_BACKEND_URI=postgresql://user@db/mlflow mlflow/server.sh --host 10.0.1.5
 #   mlflow/server.sh --daemon --pidfile /tmp/mlflow.pid --log /tmp/mlflow.log
 #   mlflow/server.sh --stop --pidfile /tmp/mlflow.pid   # stops that server and its workers
+#   mlflow/server.sh --workers 1                       # request workers (default: MLflow's 4)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,6 +18,7 @@ daemon=0
 stop=0
 pidfile=""
 logfile=""
+workers=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --host) host=$2; shift 2 ;;
@@ -25,7 +27,8 @@ while [ $# -gt 0 ]; do
     --stop) stop=1; shift ;;
     --pidfile) pidfile=$2; shift 2 ;;
     --log) logfile=$2; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --workers) workers=$2; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "mlflow/server.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -41,13 +44,15 @@ fi
 backend=${MLFLOW_BACKEND_URI:-sqlite:///$here/store/mlflow.db}
 artifacts=${MLFLOW_ARTIFACTS_DESTINATION:-$here/store/artifacts}
 mlflow_bin=${MLFLOW_BIN:-$here/../.venv/bin/mlflow}
-[ -x "$mlflow_bin" ] || mlflow_bin=$(command -v mlflow)
+[ -x "$mlflow_bin" ] || mlflow_bin=$(command -v mlflow) ||
+  { echo "mlflow/server.sh: no mlflow executable in .venv/bin or on PATH; set MLFLOW_BIN" >&2; exit 1; }
 mkdir -p "$here/store" "$artifacts"
 
 # The Host headers the server accepts: its own address (and loopback for port-forwarded UIs).
 allowed="$host:$port,localhost:$port,127.0.0.1:$port"
 cmd=("$mlflow_bin" server --backend-store-uri "$backend" --artifacts-destination "$artifacts"
      --serve-artifacts --host "$host" --port "$port" --allowed-hosts "$allowed")
+[ -n "$workers" ] && cmd+=(--workers "$workers")
 
 if [ "$daemon" = 1 ]; then
   # Its own session and process group, so --stop can take down the server's workers too.

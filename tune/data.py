@@ -215,6 +215,10 @@ def load_dataset(
         return _split(name, "sklearn:digits", x_train, y_train, x_test, y_test, val_fraction, seed)
     elif Path(name).is_dir():
         source = Path(name)
+    elif "/" in name or name.startswith((".", "~")):  # meant as a directory
+        raise DatasetError(
+            f"{name}: no such directory (expected the four IDX files there: {', '.join(IDX_FILES)})"
+        )
     else:
         raise DatasetError(
             f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} "

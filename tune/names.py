@@ -23,6 +23,7 @@ OBJECTIVES: dict[str, str] = {SILHOUETTE: "max", RECON_LOSS: "min"}
 
 BEST_CLUSTERER = "best_clusterer"  # which clusterer gave SILHOUETTE ("abo" or "kmeans")
 DEGENERATE = "degenerate"  # 1.0 when no clusterer gave a valid validation labeling
+DEGENERATE_CLUSTERERS = "degenerate_clusterers"  # tag: clusterers whose labeling collapsed
 DIVERGED = "diverged"  # 1.0 when training hit a NaN/inf loss
 STATUS = "status"  # "ok" | "degenerate" | "diverged"
 TRIAL_SECONDS = "time/trial_s"

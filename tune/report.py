@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ class Summary:
     front: pd.DataFrame | None  # Pareto front, best silhouette first
     winner: Any  # index label in `trials`, or None
     winner_dir: Path | None  # local copy of the winner's final checkpoint
+    files: list[Path] = field(default_factory=list)  # the parent run's artifacts, written locally
 
 
 def trials_table(results, points: list[tuple[str, dict]] | None = None) -> pd.DataFrame:
@@ -67,8 +68,9 @@ def trials_table(results, points: list[tuple[str, dict]] | None = None) -> pd.Da
     return pd.DataFrame(rows)
 
 
-def summarise(results, client, parent_run_id: str, tmp: Path, weights=None, points=None) -> Summary:
-    """Select the winner and log all_trials.csv, pareto.csv, pareto_front.png, best_config.yaml."""
+def summarise(results, tmp: Path, weights=None, points=None) -> Summary:
+    """Select the winner; write all_trials.csv, pareto.csv, pareto_front.png, best_config.yaml
+    to `tmp` and copy the winner's checkpoint there. Needs no MLflow (see `log_summary`)."""
     df = trials_table(results, points)
     front, winner, winner_dir = None, None, None
     if len(df) and all(k in df for k in N.OBJECTIVES):
@@ -80,25 +82,32 @@ def summarise(results, client, parent_run_id: str, tmp: Path, weights=None, poin
     df["pareto"] = df.index.isin(front.index) if front is not None else False
     df["winner"] = df.index == winner if winner is not None else False
     df.to_csv(tmp / "all_trials.csv", index=False)
-    client.log_artifact(parent_run_id, str(tmp / "all_trials.csv"))
+    files = [tmp / "all_trials.csv"]
     if front is not None:
         df.loc[front.index].to_csv(tmp / "pareto.csv", index=False)
-        client.log_artifact(parent_run_id, str(tmp / "pareto.csv"))
         plot_front(df, tmp / "pareto_front.png")
-        client.log_artifact(parent_run_id, str(tmp / "pareto_front.png"))
         best = df.loc[winner]
         config_keys = [k for k in (results[0].config or {}) if k in df.columns]
         best_config = {k: _plain(best[k]) for k in config_keys if not _missing(best[k])}
         (tmp / "best_config.yaml").write_text(yaml.safe_dump(best_config, sort_keys=False))
-        client.log_artifact(parent_run_id, str(tmp / "best_config.yaml"))
-        metrics = {f"best/{k}": float(best[k]) for k in N.OBJECTIVES}
-        client.log_batch(parent_run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
-        client.set_tag(parent_run_id, "winner_trial_id", str(best["trial_id"]))
-        client.set_tag(parent_run_id, N.BEST_CLUSTERER, str(best.get(N.BEST_CLUSTERER, "")))
+        files += [tmp / "pareto.csv", tmp / "pareto_front.png", tmp / "best_config.yaml"]
         for r in results:
             if r.checkpoint is not None and (r.metrics or {}).get("trial_id") == best["trial_id"]:
                 winner_dir = Path(r.checkpoint.to_directory(str(tmp / "winner")))
-    return Summary(df, front, winner, winner_dir)
+    return Summary(df, front, winner, winner_dir, files)
+
+
+def log_summary(client, parent_run_id: str, summary: Summary) -> None:
+    """The summary's files as parent-run artifacts; the winner's objectives and id as metrics/tags."""
+    for path in summary.files:
+        client.log_artifact(parent_run_id, str(path))
+    if summary.winner is None:
+        return
+    best = summary.trials.loc[summary.winner]
+    metrics = {f"best/{k}": float(best[k]) for k in N.OBJECTIVES}
+    client.log_batch(parent_run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
+    client.set_tag(parent_run_id, "winner_trial_id", str(best["trial_id"]))
+    client.set_tag(parent_run_id, N.BEST_CLUSTERER, str(best.get(N.BEST_CLUSTERER, "")))
 
 
 def plot_front(df: pd.DataFrame, path: Path) -> None:

@@ -27,16 +27,25 @@ elif _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import argparse  # noqa: E402
-import functools  # noqa: E402
+import json  # noqa: E402
 import math  # noqa: E402
+import pickle  # noqa: E402
+import shlex  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 from tune import names as N  # noqa: E402
 from tune.data import DATASETS, DatasetError, default_data_dir, load_dataset  # noqa: E402
-from tune.space import SearchSpace, SpaceError, load_space  # noqa: E402
-from tune.tracking import TrackingError, check_tracking_uri, default_tracking_uri  # noqa: E402
+from tune.store import (  # noqa: E402 - light: no mlflow/ray/torch import before the checks
+    TrackingError,
+    check_tracking_uri,
+    default_tracking_uri,
+    redact,
+)
+
+if TYPE_CHECKING:
+    from tune.space import SearchSpace
 
 REPO_ROOT = Path(_ROOT)
 DEFAULT_STORAGE = REPO_ROOT / "ray_results"
@@ -48,8 +57,15 @@ class UsageError(Exception):
     """Bad input found before anything started: one line, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with bad input reported as one line (argparse's default adds the whole usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see python tune/search.py --help)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python tune/search.py",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -119,7 +135,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="search name (Tune experiment and MLflow parent run); default: search-<time>",
     )
     p.add_argument(
-        "--resume", action="store_true", help="resume the search --name from --storage-path"
+        "--resume",
+        action="store_true",
+        help="resume the search --name from --storage-path (with its own space, data and seed), "
+        "or log what MLflow misses of it",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial")
     p.add_argument(
@@ -173,6 +192,8 @@ def check_args(args: argparse.Namespace) -> tuple[SearchSpace, int]:
         raise UsageError("--resume needs --name (the search to resume)")
     if args.name is not None and (not args.name or "/" in args.name):
         raise UsageError(f"--name {args.name!r}: must be non-empty and contain no '/'")
+    from tune.space import SpaceError, load_space  # imports torch: after the cheap checks
+
     try:
         space = load_space(args.space)
     except SpaceError as e:
@@ -185,17 +206,32 @@ def check_args(args: argparse.Namespace) -> tuple[SearchSpace, int]:
     return space, n
 
 
-def define(trial, space: SearchSpace, seed: int) -> dict[str, Any]:
-    """Define-by-run space for OptunaSearch: the YAML space plus the search's seed."""
-    return {**space.define_by_run(trial), "seed": seed}
+# In the experiment directory: what a search was started with that --resume must reuse (Tune
+# restores its own state, not our data set, space, seed or winner weights).
+SETTINGS_FILE = "clustertune.json"
+RESUMED_SETTINGS = ("space", "dataset", "data_dir", "val_fraction", "seed", "weights")
+
+
+def resumed_settings(args: argparse.Namespace) -> None:
+    """For --resume, replace RESUMED_SETTINGS in `args` by those the search was started with."""
+    if not (args.resume and args.name):
+        return
+    text = _read_text(f"{storage_location(args.storage_path, args.name)[1]}/{SETTINGS_FILE}")
+    if text is not None:
+        for key, value in json.loads(text).items():
+            if key in RESUMED_SETTINGS:
+                setattr(args, key, value)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    resumed_settings(args)
     try:
-        space, num_samples = check_args(args)
+        # The tracking store first, before check_args imports torch: a dead server is reported
+        # within 10 seconds of the command.
         tracking_uri = args.mlflow_uri or default_tracking_uri()
         check_tracking_uri(tracking_uri)
+        space, num_samples = check_args(args)
         dataset = load_dataset(
             args.dataset, args.data_dir, val_fraction=args.val_fraction, seed=args.seed
         )
@@ -206,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{space.path}: parameters.conv_depth: up to {depth} stages do not fit "
                 f"{dataset.name}'s {h}x{w} images"
             )
-    except (UsageError, SpaceError, DatasetError, TrackingError) as e:
+    except (UsageError, DatasetError, TrackingError) as e:  # check_args wraps SpaceError
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.dataset == "auto" and dataset.name != "mnist":
@@ -251,24 +287,48 @@ def _exists(location: str) -> bool:
     return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
+def _read_text(location: str) -> str | None:
+    """A small file's text from a local path or a storage URI; None if it does not exist."""
+    if "://" not in location:
+        path = Path(location)
+        return path.read_text() if path.is_file() else None
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def _write_text(location: str, text: str) -> None:
+    """Write a small file at a local path or a storage URI, creating its directory."""
+    if "://" not in location:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        Path(location).write_text(text)
+        return
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
 def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri: str) -> int:
     """Start Ray and MLflow, run the Tuner, select and record the winner. Returns the exit code."""
     # Heavy imports only once the input is known to be good: bad input fails in about a second.
-    import optuna
-    import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from mlflow import MlflowClient
     from tune import report
+    from tune.store import fail_fast_http, prepare_store
     from tune.tracking import (
         MLflowTrialLogger,
         find_search_run,
         get_or_create_experiment,
         start_search_run,
     )
-    from tune.trial import trainable
 
     # The objectives exist only in a trial's final result (per-epoch results carry the losses), which
     # is all a multi-objective OptunaSearch reads; Ray's documented switch for that:
@@ -285,6 +345,8 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
         )
         return 2
 
+    fail_fast_http()
+    prepare_store(tracking_uri)
     client = MlflowClient(tracking_uri)
     experiment_id = get_or_create_experiment(client, args.experiment, tracking_uri)
     parent_run_id = find_search_run(client, experiment_id, name) if args.resume else None
@@ -303,11 +365,90 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
         }
         parent_run_id = start_search_run(client, experiment_id, name, params, space.path)
 
+    logger = MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id)
+    start = time.time()
+    if args.resume and tune_finished(experiment_dir):
+        # Nothing left for Tune to run (e.g. resumed after a tracking-server outage): read the
+        # results from disk and complete MLflow below, without starting Ray.
+        print(f"{experiment_dir}: every trial finished; logging what MLflow misses", flush=True)
+        results = tune.ResultGrid(tune.ExperimentAnalysis(str(experiment_dir)))
+    else:
+        if not args.resume:
+            settings = {key: getattr(args, key) for key in RESUMED_SETTINGS}
+            # the space's file and the data set as resolved ("auto" -> a name, a directory: absolute)
+            data = dataset.name if dataset.name in DATASETS else dataset.source
+            settings.update(space=str(Path(space.path).resolve()), dataset=data)
+            _write_text(f"{experiment_dir}/{SETTINGS_FILE}", json.dumps(settings, indent=1))
+        tuner = make_tuner(args, space, num_samples, dataset, name, storage, logger)
+        results = tuner.fit()
+    elapsed = time.time() - start
+    # From here on MLflow may be down: every result is safe in Ray's experiment directory, the
+    # summary is printed anyway, and `--resume` logs whatever is missing once the store is back.
+    complete = True
+    try:  # whatever the callback could not log (store down, driver restarted) is logged now
+        fixed = logger.sync(results)
+        if fixed:
+            print(f"MLflow: completed {fixed} trial run(s) from Ray's results", flush=True)
+    except Exception as e:  # noqa: BLE001 - results are safe in Ray's experiment directory
+        complete = False
+        _warn_mlflow("sync of the trials", e)
+    champion = None
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = dict(zip(N.OBJECTIVES, args.weights, strict=True))
+        named_points = list(zip(space.point_names, space.points, strict=True))
+        summary = report.summarise(results, Path(tmp), weights, named_points)
+        if complete:
+            try:
+                report.log_summary(client, parent_run_id, summary)
+                champion = _champion(client, parent_run_id, summary, dataset, args, tracking_uri)
+                client.set_tag(parent_run_id, "elapsed_s", f"{elapsed:.1f}")
+                client.set_terminated(parent_run_id, "FINISHED")
+            except Exception as e:  # noqa: BLE001 - as above
+                complete = False
+                _warn_mlflow("logging of the summary", e)
+    print(report.format_summary(summary, champion, args.model_name, elapsed))
+    if not complete:
+        print(
+            f"\nMLflow misses part of this search ({experiment_dir} has all of it). Once "
+            f"{redact(tracking_uri)} answers again, log the rest with:\n  "
+            + shlex.join(
+                [
+                    "python",
+                    "tune/search.py",
+                    "--resume",
+                    "--name",
+                    name,
+                    "--storage-path",
+                    str(storage),
+                    "--mlflow-uri",
+                    redact(tracking_uri),
+                    "--experiment",
+                    args.experiment,
+                    "--model-name",
+                    args.model_name,
+                ]
+            ),
+            file=sys.stderr,
+        )
+        return 3
+    print(f"\nOpen these runs in the MLflow UI:\n  {report.ui_command(tracking_uri)}")
+    return 0 if summary.front is not None and len(summary.front) else 1
+
+
+def make_tuner(args, space: SearchSpace, num_samples: int, dataset, name, storage, logger):
+    """Start Ray (or join --address) and build the Tuner: a new one, or the restored --name."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from tune.searcher import make_searcher
+    from tune.tracking import MLflowTrialLogger
+    from tune.trial import trainable
+
     if not ray.is_initialized():
         ray.init(address=args.address, include_dashboard=False, log_to_driver=True)
     resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
     fn = tune.with_resources(tune.with_parameters(trainable, data=dataset), resources)
-    logger = MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id)
     run_config = tune.RunConfig(
         name=name,
         storage_path=storage,
@@ -316,17 +457,17 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=1,
     )
-    start = time.time()
     if args.resume:
+        experiment_dir = storage_location(storage, name)[1]
         tuner = tune.Tuner.restore(experiment_dir, trainable=fn, resume_errored=True)
+        # Restore brings back the run config pickled with the experiment, callbacks included: a
+        # logger bound to the MLflow URI and parent run of the first start. Ray has no public way
+        # to pass new callbacks, so this one (this command's --mlflow-uri) replaces it.
+        restored = tuner._local_tuner.get_run_config()
+        others = [c for c in restored.callbacks or [] if not isinstance(c, MLflowTrialLogger)]
+        restored.callbacks = [*others, logger]
     else:
-        searcher = OptunaSearch(
-            space=functools.partial(define, space=space, seed=args.seed),
-            metric=list(N.OBJECTIVES),
-            mode=list(N.OBJECTIVES.values()),
-            points_to_evaluate=[dict(p) for p in space.points] or None,
-            sampler=optuna.samplers.TPESampler(seed=args.seed),
-        )
+        searcher = make_searcher(space, args.seed)
         scheduler = (
             ASHAScheduler(metric=N.VAL_LOSS, mode="min", time_attr=N.EPOCH, grace_period=1)
             if args.scheduler == "asha"
@@ -344,37 +485,56 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
             ),
             run_config=run_config,
         )
-    results = tuner.fit()
-    elapsed = time.time() - start
-    try:  # whatever the callback could not log (tracking server down, driver restarted) is logged now
-        fixed = logger.sync(results)
-        if fixed:
-            print(f"MLflow: completed {fixed} trial run(s) from Ray's results", flush=True)
-    except Exception as e:  # noqa: BLE001 - results are safe in Ray's experiment directory
-        print(
-            f"warning: MLflow sync failed ({str(e).splitlines()[0][:200]}); results stay in "
-            f"{experiment_dir}; run again with --name {name} --resume to log them",
-            file=sys.stderr,
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = dict(zip(N.OBJECTIVES, args.weights, strict=True))
-        named_points = list(zip(space.point_names, space.points, strict=True))
-        summary = report.summarise(results, client, parent_run_id, Path(tmp), weights, named_points)
-        champion = None
-        if summary.winner_dir is not None:
-            from tune.champion import log_champion
+    return tuner
 
-            example = dataset.x_val[:5] if len(dataset.x_val) else dataset.x_train[:5]
-            champion = log_champion(
-                summary.winner_dir, parent_run_id, args.model_name, example, tracking_uri
-            )
-    client.set_tag(parent_run_id, "elapsed_s", f"{elapsed:.1f}")
-    if logger.pending:
-        client.set_tag(parent_run_id, "mlflow.incomplete_trials", ",".join(sorted(logger.pending)))
-    client.set_terminated(parent_run_id, "FINISHED")
-    print(report.format_summary(summary, champion, args.model_name, elapsed))
-    print(f"\nOpen these runs in the MLflow UI:\n  {report.ui_command(tracking_uri)}")
-    return 0 if summary.front is not None and len(summary.front) else 1
+
+def tune_finished(experiment_location: str) -> bool:
+    """True when Tune would have nothing left to run: the searcher has created all its trials
+    and every trial in the saved experiment state TERMINATED. Reads Tune's own state files; any
+    surprise in them, or remote storage, means False (then --resume restores the Tuner as usual)."""
+    if "://" in experiment_location:
+        return False
+    experiment_dir = Path(experiment_location)
+    states = sorted(experiment_dir.glob("experiment_state-*.json"))  # names carry the start time
+    generators = sorted(experiment_dir.glob("search_gen_state-*.json"))
+    if not states or not generators:
+        return False
+    try:
+        trials = [json.loads(t[0]) for t in json.loads(states[-1].read_text())["trial_data"]]
+        with generators[-1].open("rb") as f:
+            generator = pickle.load(f)  # a pickle despite its name
+        created_all = generator["finished"] or generator["counter"] >= generator["total_samples"]
+        return bool(trials) and created_all and all(t["status"] == "TERMINATED" for t in trials)
+    except Exception:  # noqa: BLE001 - an unknown format: let Tune decide
+        return False
+
+
+def _warn_mlflow(what: str, e: Exception) -> None:
+    print(f"warning: MLflow {what} failed: {redact(str(e)).splitlines()[0][:200]}", file=sys.stderr)
+
+
+# Parent-run tags recording the registered winner, so a repeated --resume registers it only once.
+CHAMPION_TRIAL_TAG = "champion.trial_id"
+CHAMPION_VERSION_TAG = "champion.version"
+
+
+def _champion(client, parent_run_id: str, summary, dataset, args, tracking_uri: str):
+    """Register the winner as `models:/<model-name>@champion` unless this search already did."""
+    if summary.winner_dir is None:
+        return None
+    from tune.champion import log_champion
+
+    trial_id = str(summary.trials.loc[summary.winner, "trial_id"])
+    tags = client.get_run(parent_run_id).data.tags
+    if tags.get(CHAMPION_TRIAL_TAG) == trial_id and CHAMPION_VERSION_TAG in tags:
+        return None, tags[CHAMPION_VERSION_TAG]
+    example = dataset.x_val[:5] if len(dataset.x_val) else dataset.x_train[:5]
+    champion = log_champion(
+        summary.winner_dir, parent_run_id, args.model_name, example, tracking_uri
+    )
+    client.set_tag(parent_run_id, CHAMPION_TRIAL_TAG, trial_id)
+    client.set_tag(parent_run_id, CHAMPION_VERSION_TAG, champion[1])
+    return champion
 
 
 if __name__ == "__main__":

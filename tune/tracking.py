@@ -3,21 +3,23 @@
 All writes happen in the driver process: trials report to Ray Tune, and `MLflowTrialLogger` (a Tune
 callback) turns each trial's results and final checkpoint into its child run. One writer means the
 local sqlite store never sees concurrent writers ("database is locked"), and every result also stays
-in Ray's experiment directory, from which `sync_from_results` can (re)log whatever is missing.
+in Ray's experiment directory, from which `MLflowTrialLogger.sync` (re)logs whatever is missing.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
-import re
+import queue
 import shlex
 import subprocess
 import sys
+import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -27,39 +29,24 @@ from ray.tune import Callback
 
 from mlflow import MlflowClient
 from tune import names as N
+from tune.store import (  # noqa: F401 - the store helpers, also importable from here
+    LOCAL_STORE,
+    TrackingError,
+    check_tracking_uri,
+    default_tracking_uri,
+    fail_fast_http,
+    prepare_store,
+    redact,
+    store_is_up,
+)
 
 log = logging.getLogger("clustertune.tracking")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-LOCAL_STORE = REPO_ROOT / "mlflow" / "store"  # git-ignored
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "ray.trial_id"
 SEARCH_TAG = "clustertune.search"
 LIBRARIES = ("torch", "torchvision", "ray", "optuna", "mlflow", "scikit-learn", "numpy", "numba")
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be reached or used."""
-
-
-def default_tracking_uri() -> str:
-    """sqlite file under mlflow/store/ (absolute: trial processes run in other directories)."""
-    return f"sqlite:///{LOCAL_STORE / 'mlflow.db'}"
-
-
-def check_tracking_uri(uri: str, timeout_s: float = 10.0) -> None:
-    """Fail fast (within `timeout_s`) with a one-line TrackingError if the store is unusable."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
-                if r.status != 200:
-                    raise TrackingError(f"MLflow server {uri} answered HTTP {r.status} on /health")
-        except OSError as e:
-            raise TrackingError(f"MLflow server {uri} is unreachable: {e}") from None
-    elif uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    elif "://" not in uri:
-        raise TrackingError(f"--mlflow-uri {uri!r}: expected http(s)://host:port or sqlite:///path")
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
@@ -71,11 +58,6 @@ def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str)
         db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
         artifact_location = (db.parent / "artifacts" / name).as_uri()
     return client.create_experiment(name, artifact_location=artifact_location)
-
-
-def redact(text: str) -> str:
-    """Hide credentials in URLs (scheme://user:password@host -> scheme://***@host)."""
-    return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
 
 
 def git_commit() -> str:
@@ -123,7 +105,7 @@ def numeric_items(result: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def _retry(fn: Callable[[], Any], what: str, attempts: int = 5) -> Any:
+def _retry(fn: Callable[[], Any], what: str, attempts: int = 3) -> Any:
     """Retry transient store errors (a busy sqlite file, a restarting server) with backoff."""
     for i in range(attempts):
         try:
@@ -131,26 +113,154 @@ def _retry(fn: Callable[[], Any], what: str, attempts: int = 5) -> Any:
         except Exception as e:  # noqa: BLE001 - MLflow raises many types for transient failures
             if i == attempts - 1:
                 raise
-            log.warning("MLflow %s failed (%s); retrying", what, str(e).splitlines()[0][:200])
+            log.warning(
+                "MLflow %s failed (%s); retrying", what, redact(str(e)).splitlines()[0][:200]
+            )
             time.sleep(0.5 * 2**i)
     return None
+
+
+# After a failed MLflow call, the logger leaves the store alone this long, then probes it (/health)
+# before calling it again: against a dead or black-holed server each call costs seconds.
+OFFLINE_COOLDOWN_S = 30.0
+ORPHAN_TAG = "clustertune.orphan"
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """What the logger needs of a Tune Trial, copied when Tune calls the hook (a Trial changes)."""
+
+    trial_id: str
+    name: str
+    config: dict
+    status: str = ""
+    last_result: dict = field(default_factory=dict)
+    checkpoint: Any = None
+    error_file: str | None = None
+    num_failures: int = 0
+
+    @classmethod
+    def of(cls, trial) -> TrialInfo:
+        return cls(
+            trial.trial_id,
+            str(trial),
+            dict(trial.config),
+            trial.status,
+            dict(trial.last_result or {}),
+            trial.checkpoint,
+            trial.error_file,
+            trial.num_failures,
+        )
 
 
 class MLflowTrialLogger(Callback):
     """Tune callback: one nested MLflow run per trial, written from the driver.
 
-    A trial's run is found again by its Ray trial id, so a resumed search never duplicates runs.
-    If MLflow fails, the search goes on; `pending` lists trials whose run is incomplete.
+    Tune calls the hooks on the driver's event loop, which must never wait on MLflow (a trial's
+    `tune.report` waits until the driver takes its result), so the hooks only queue the work and
+    one background thread does the writing, in order. A trial's run is found again by its Ray trial
+    id, so a resumed search or a retried trial never duplicates runs, and a result Ray reports
+    twice (a trial re-running epochs after a restore) is logged once. If MLflow fails, the search
+    goes on: the logger leaves the store alone for `cooldown_s`, lists the trials it skipped in
+    `pending`, and `sync` fills every gap afterwards from Ray's experiment directory.
     """
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
-        self.client = MlflowClient(tracking_uri)
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        cooldown_s: float = OFFLINE_COOLDOWN_S,
+    ) -> None:
+        self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
-        self.run_ids: dict[str, str] = {}
-        self.pending: set[str] = set()
+        self.cooldown_s = cooldown_s
+        # MLflow's HTTP client retries by itself; a sqlite store can be busy for a moment
+        self.attempts = 1 if tracking_uri.startswith(("http://", "https://")) else 3
+        self._reset()
 
-    # -- helpers ----------------------------------------------------------------------------
+    def _reset(self) -> None:
+        self.client = MlflowClient(self.tracking_uri)
+        self.run_ids: dict[str, str] = {}
+        # run id -> its per-epoch points as (epoch, train loss), and the runs holding a final result
+        self.epochs_logged: dict[str, set[tuple[int, float]]] = {}
+        self.final_logged: set[str] = set()
+        self.pending: set[str] = set()  # trials whose run may miss something
+        self.offline_until: float | None = None  # monotonic time; None while the store works
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    # Tune pickles its run config (with this callback) into the experiment directory.
+    def __getstate__(self) -> dict:
+        return {k: self.__dict__[k] for k in ("tracking_uri", "experiment_id", "parent_run_id")} | {
+            "cooldown_s": self.cooldown_s,
+            "attempts": self.attempts,
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    # -- the writer thread ------------------------------------------------------------------
+    def _submit(self, trial_id: str, what: str, fn: Callable[[], Any]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._write, name="mlflow-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((trial_id, what, fn))
+
+    def _write(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                self._safely(*item)
+            finally:
+                self._queue.task_done()
+
+    def close(self, timeout_s: float = 120.0) -> bool:
+        """Let the writer finish what is queued (at most `timeout_s`); True if it did."""
+        if self._thread is None:
+            return True
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+        done = not self._thread.is_alive()
+        self._thread = None if done else self._thread
+        return done
+
+    def _online(self) -> bool:
+        """False while cooling down after a failure; then one cheap probe decides."""
+        if self.offline_until is None:
+            return True
+        if time.monotonic() < self.offline_until:
+            return False
+        if store_is_up(self.tracking_uri):
+            log.warning("MLflow store %s is back; logging again", redact(self.tracking_uri))
+            self.offline_until = None
+            return True
+        self.offline_until = time.monotonic() + self.cooldown_s
+        return False
+
+    def _safely(self, trial_id: str, what: str, fn: Callable[[], Any]) -> None:
+        if not self._online():
+            self.pending.add(trial_id)
+            return
+        try:
+            _retry(fn, what, self.attempts)
+        except Exception as e:  # noqa: BLE001 - never let tracking kill the search
+            self.pending.add(trial_id)
+            self.offline_until = time.monotonic() + self.cooldown_s
+            log.error(
+                "MLflow %s for trial %s failed: %s. The search goes on; results stay in Ray's "
+                "experiment directory and are logged when the store answers again (or by "
+                "--resume)",
+                what,
+                trial_id,
+                redact(str(e)).splitlines()[0][:300],
+            )
+
+    # -- writing ----------------------------------------------------------------------------
     def run_id_for(self, trial_id: str, config: Mapping[str, Any], name: str) -> str:
         if trial_id in self.run_ids:
             return self.run_ids[trial_id]
@@ -159,8 +269,12 @@ class MLflowTrialLogger(Callback):
             filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
             max_results=1,
         )
-        if found:
+        if found:  # a resumed search or a restarted driver: continue the trial's run
             run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, N.TRAIN_LOSS)
+            self.epochs_logged[run_id] = {(m.step, m.value) for m in history}
+            if N.STATUS in found[0].data.tags:
+                self.final_logged.add(run_id)
         else:
             run = self.client.create_run(
                 self.experiment_id,
@@ -174,107 +288,214 @@ class MLflowTrialLogger(Callback):
             run_id = run.info.run_id
             params = [Param(k, str(v)) for k, v in sorted(config.items())]
             self.client.log_batch(run_id, params=params)
+            self.epochs_logged[run_id] = set()
         self.run_ids[trial_id] = run_id
         return run_id
 
-    def _safely(self, trial_id: str, what: str, fn: Callable[[], Any]) -> None:
-        try:
-            _retry(fn, what)
-        except Exception as e:  # noqa: BLE001 - never let tracking kill the search
-            self.pending.add(trial_id)
-            log.error(
-                "MLflow %s for trial %s failed: %s", what, trial_id, str(e).splitlines()[0][:300]
-            )
+    def log_result(self, run_id: str, result: Mapping[str, Any]) -> bool:
+        """Log one Tune result unless the run already has it; True if something was logged.
 
-    # -- Tune hooks -------------------------------------------------------------------------
+        A per-epoch result is known by (epoch, training loss): training is deterministic for a
+        seed, so epochs re-run from a checkpoint give the same point and are skipped, while the
+        final result (which reports the eval-mode training loss at the last epoch) is logged once.
+        """
+        if isinstance(result.get(N.STATUS), str):  # the final result
+            if run_id in self.final_logged:
+                return False
+            log_trial_result(self.client, run_id, result)
+            self.final_logged.add(run_id)
+            # progress.csv may hold it as a plain row (its columns are the first result's)
+            self.epochs_logged.setdefault(run_id, set()).add(_point(result))
+            return True
+        point = _point(result)
+        seen = self.epochs_logged.setdefault(run_id, set())
+        if point in seen:
+            return False
+        log_trial_result(self.client, run_id, result)
+        seen.add(point)
+        return True
+
+    def _run_of(self, t: TrialInfo) -> str:
+        return self.run_id_for(t.trial_id, t.config, t.name)
+
+    def _finish(self, t: TrialInfo, status: str) -> None:
+        run_id = self._run_of(t)
+        if t.checkpoint is not None and status == "FINISHED":
+            with t.checkpoint.as_directory() as d:
+                log_trial_artifacts(self.client, run_id, Path(d))
+        tags = {"ray.trial_status": t.status, "ray.num_failures": str(t.num_failures)}
+        if status == "FAILED" and t.error_file and os.path.exists(t.error_file):
+            tags["error"] = Path(t.error_file).read_text()[-4000:]
+            tags[N.STATUS] = "error"
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        diverged = t.last_result.get(N.STATUS) == "diverged"
+        self.client.set_terminated(run_id, status="FAILED" if diverged else status)
+
+    # -- Tune hooks (the driver's event loop: queue and return) -----------------------------
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._safely(
-            trial.trial_id,
-            "create run",
-            lambda: self.run_id_for(trial.trial_id, trial.config, str(trial)),
-        )
+        t = TrialInfo.of(trial)
+        self._submit(t.trial_id, "create run", lambda: self._run_of(t))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        def log_result() -> None:
-            run_id = self.run_id_for(trial.trial_id, trial.config, str(trial))
-            log_trial_result(self.client, run_id, result)
+        t, result = TrialInfo.of(trial), dict(result)
+        self._submit(t.trial_id, "log metrics", lambda: self.log_result(self._run_of(t), result))
 
-        self._safely(trial.trial_id, "log metrics", log_result)
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        t = TrialInfo.of(trial)
+        n = str(t.num_failures)
+        self._submit(
+            t.trial_id,
+            "tag retry",
+            lambda: self.client.set_tag(self._run_of(t), "ray.num_failures", n),
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._safely(trial.trial_id, "finish run", lambda: self._finish(trial, "FINISHED"))
+        t = TrialInfo.of(trial)
+        self._submit(t.trial_id, "finish run", lambda: self._finish(t, "FINISHED"))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._safely(trial.trial_id, "finish run", lambda: self._finish(trial, "FAILED"))
+        t = TrialInfo.of(trial)
+        self._submit(t.trial_id, "finish run", lambda: self._finish(t, "FAILED"))
 
+    # -- after the search -------------------------------------------------------------------
     def sync(self, results) -> int:
-        """Make sure every trial of a Tune ResultGrid has a complete run; returns how many it fixed.
+        """Make every trial of a Tune ResultGrid one complete run; returns how many it changed.
 
-        Re-logs a trial's whole history (Ray's progress.csv), final tags and artifacts when its run
-        is missing or unfinished, e.g. after the tracking server was down during the search.
+        From Ray's experiment directory (each trial's progress.csv, final result and checkpoint),
+        logs whatever a run lacks: the run itself, per-epoch points, the final result, artifacts,
+        the end status; e.g. after the tracking server was down during the search, or when the
+        driver was killed. Runs of trials Ray has no record of (started just before a killed driver
+        could save the experiment state; the resumed search ran them again under new ids) are
+        tagged and deleted, so each trial has exactly one run. Raises if MLflow fails.
         """
-        fixed = 0
+        self.close()  # the writer's queue first (quick while the store is down: it skips)
+        if not store_is_up(self.tracking_uri, timeout_s=5.0):  # no retries against a dead server
+            raise TrackingError(f"MLflow store {redact(self.tracking_uri)} does not answer")
+        self.offline_until = None
+        changed, trial_ids = 0, set()
         for r in results:
             metrics = dict(r.metrics or {})
             trial_id = metrics.get("trial_id")
             if not trial_id:
                 continue
-            run_id = self.run_id_for(trial_id, r.config or {}, Path(r.path).name)
-            run = self.client.get_run(run_id)
-            if run.info.status in ("FINISHED", "FAILED") and N.STATUS in run.data.tags:
-                continue
-            history = r.metrics_dataframe
-            if history is not None:
-                for row in history.to_dict("records"):
-                    if N.STATUS not in row or not isinstance(row.get(N.STATUS), str):
-                        log_trial_result(
-                            self.client, run_id, {k: v for k, v in row.items() if k != N.STATUS}
-                        )
-            log_trial_result(self.client, run_id, metrics)
-            if r.checkpoint is not None and r.error is None:
-                with r.checkpoint.as_directory() as d:
-                    log_trial_artifacts(self.client, run_id, Path(d))
-            failed = r.error is not None or metrics.get(N.STATUS) == "diverged"
-            self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+            trial_ids.add(trial_id)
+            if _retry(lambda r=r, t=trial_id: self._complete_run(t, r), "sync"):
+                changed += 1
             self.pending.discard(trial_id)
-            fixed += 1
-        return fixed
+        return changed + _retry(lambda: self._drop_orphans(trial_ids), "orphan check")
 
-    def _finish(self, trial, status: str) -> None:
-        run_id = self.run_id_for(trial.trial_id, trial.config, str(trial))
-        checkpoint = trial.checkpoint
-        if checkpoint is not None and status == "FINISHED":
-            with checkpoint.as_directory() as d:
-                log_trial_artifacts(self.client, run_id, Path(d))
-        tags = {"ray.trial_status": trial.status}
-        if status == "FAILED" and trial.error_file and os.path.exists(trial.error_file):
-            tags["error"] = Path(trial.error_file).read_text()[-4000:]
-            tags[N.STATUS] = "error"
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        result = trial.last_result or {}
-        final_status = (
-            "FAILED" if result.get(N.STATUS) == "diverged" or status == "FAILED" else status
+    def _complete_run(self, trial_id: str, r) -> bool:
+        metrics = dict(r.metrics or {})
+        dirname = Path(r.path).name if r.path else trial_id
+        name = dirname[: dirname.find(trial_id) + len(trial_id)] if trial_id in dirname else dirname
+        run_id = self.run_id_for(trial_id, r.config or {}, name)
+        # every per-epoch point the run lacks, in a few batches (one call per epoch is slow)
+        seen = self.epochs_logged.setdefault(run_id, set())
+        history = r.metrics_dataframe
+        rows = history.to_dict("records") if history is not None else []
+        # progress.csv may hold the final result as a plain row: it is logged as the final below
+        final = {_point(metrics)} if isinstance(metrics.get(N.STATUS), str) else set()
+        skip = seen | final
+        missing = {
+            _point(row): row
+            for row in rows
+            if not isinstance(row.get(N.STATUS), str) and _point(row) not in skip
+        }
+        log_metrics(
+            self.client, run_id, [m for row in missing.values() for m in result_metrics(row)]
         )
-        self.client.set_terminated(run_id, status=final_status)
-        self.pending.discard(trial.trial_id)
+        seen.update(missing)
+        changed = bool(missing)
+        changed |= self.log_result(run_id, metrics)
+        run = self.client.get_run(run_id)
+        if run.info.status in ("FINISHED", "FAILED"):
+            return changed
+        if r.checkpoint is not None and r.error is None:
+            with r.checkpoint.as_directory() as d:
+                log_trial_artifacts(self.client, run_id, Path(d))
+        if r.error is not None:
+            self.client.set_tag(run_id, "error", str(r.error)[-4000:])
+            self.client.set_tag(run_id, N.STATUS, "error")
+        failed = r.error is not None or metrics.get(N.STATUS) == "diverged"
+        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+        return True
+
+    def _drop_orphans(self, trial_ids: set[str]) -> int:
+        dropped = 0
+        for run in self.child_runs():
+            trial_id = run.data.tags.get(TRIAL_TAG)
+            if trial_id is None or trial_id in trial_ids:
+                continue
+            run_id = run.info.run_id
+            self.client.set_tag(
+                run_id,
+                ORPHAN_TAG,
+                "Ray has no record of this trial: the driver stopped before saving the experiment "
+                "state, and the resumed search ran a new trial instead",
+            )
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run_id, status="KILLED")
+            self.client.delete_run(run_id)  # soft delete: `mlflow gc` purges, restore_run undoes
+            self.run_ids.pop(trial_id, None)
+            dropped += 1
+        return dropped
+
+    def child_runs(self) -> list:
+        """Every active child run of this search (all pages)."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+                max_results=1000,
+                page_token=token,
+            )
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
+
+def result_metrics(result: Mapping[str, Any]) -> list[Metric]:
+    """A Tune result's numbers as MLflow metrics at step = epoch."""
+    step = int(result.get(N.EPOCH, 0) or 0)
+    ts = int(time.time() * 1000)
+    items = sorted(numeric_items(result).items())
+    return [Metric(k, v, ts, step) for k, v in items if k != N.EPOCH]
+
+
+def result_tags(result: Mapping[str, Any]) -> list[RunTag]:
+    """The trial's tags, from its final result (none for a per-epoch one)."""
+    if not isinstance(result.get(N.STATUS), str):
+        return []
+    tags = [
+        RunTag(key, str(result[key])[:5000])
+        for key in (N.STATUS, N.BEST_CLUSTERER, N.NODE, "hostname", "device", "reason")
+        if key in result
+    ]
+    tags.append(RunTag("node_ip", str(result.get("node_ip", ""))))
+    tags.append(RunTag(N.DEGENERATE, "true" if result.get(N.DEGENERATE) else "false"))
+    split = "val" if N.metric("val", "degenerate", N.CLUSTERERS[0]) in result else "train"
+    collapsed = [c for c in N.CLUSTERERS if result.get(N.metric(split, "degenerate", c)) == 1.0]
+    tags.append(RunTag(N.DEGENERATE_CLUSTERERS, ",".join(collapsed)))
+    return tags
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric], tags=()) -> None:
+    if not metrics and not tags:
+        return
+    for i in range(0, max(len(metrics), 1), 900):  # log_batch takes at most 1000 metrics
+        client.log_batch(run_id, metrics=metrics[i : i + 900], tags=list(tags) if i == 0 else [])
 
 
 def log_trial_result(client: MlflowClient, run_id: str, result: Mapping[str, Any]) -> None:
     """Per-epoch results as metrics at step=epoch; the final result also sets the trial's tags."""
-    step = int(result.get(N.EPOCH, 0) or 0)
-    ts = int(time.time() * 1000)
-    metrics = [
-        Metric(k, v, ts, step) for k, v in sorted(numeric_items(result).items()) if k != N.EPOCH
-    ]
-    tags = []
-    if N.STATUS in result:  # the final report of the trial
-        for key in (N.STATUS, N.BEST_CLUSTERER, N.NODE, "hostname", "device", "reason"):
-            if key in result:
-                tags.append(RunTag(key, str(result[key])[:5000]))
-        tags.append(RunTag("node_ip", str(result.get("node_ip", ""))))
-        tags.append(RunTag(N.DEGENERATE, "true" if result.get(N.DEGENERATE) else "false"))
-    for i in range(0, max(len(metrics), 1), 900):  # log_batch takes at most 1000 metrics
-        client.log_batch(run_id, metrics=metrics[i : i + 900], tags=tags if i == 0 else [])
+    log_metrics(client, run_id, result_metrics(result), result_tags(result))
+
+
+def _point(result: Mapping[str, Any]) -> tuple[int, float]:
+    """A per-epoch result's identity: (epoch, training loss)."""
+    return int(result.get(N.EPOCH, 0) or 0), float(result.get(N.TRAIN_LOSS, math.nan))
 
 
 def log_trial_artifacts(client: MlflowClient, run_id: str, directory: Path) -> None:

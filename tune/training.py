@@ -27,7 +27,11 @@ CUDA_GRAPHS = os.environ.get("CLUSTERTUNE_CUDA_GRAPHS", "1") != "0"
 
 
 class DivergedError(RuntimeError):
-    """The training loss became NaN or inf."""
+    """The training loss became NaN or inf (at 1-based `epoch`)."""
+
+    def __init__(self, message: str, epoch: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
 
 
 def pick_device(use_gpu: bool | None = None) -> torch.device:
@@ -284,7 +288,7 @@ def train_autoencoder(
             total.add_(loss.detach(), alpha=len(xb))  # no .item() per step: it would sync a GPU
         train_loss = total.item() / n
         if not math.isfinite(train_loss):
-            raise DivergedError(f"training loss is {train_loss} at epoch {epoch} (lr={lr})")
+            raise DivergedError(f"training loss is {train_loss} at epoch {epoch} (lr={lr})", epoch)
         val_loss = reconstruction_loss(model, x_val) if x_val is not None else math.nan
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}
         history.append(record)

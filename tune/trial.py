@@ -78,8 +78,9 @@ def run_trial(
     """Run the whole pipeline for one flat config; returns the flat result (names from tune.names).
 
     With `out_dir`, also writes the model, the clusterers' centres, the config, the result and the
-    PNG artifacts there. A NaN/inf training loss gives a "diverged" result with NaN objectives
-    instead of an exception, so the search goes on and the optimiser learns the region is bad.
+    PNG artifacts there. A NaN/inf training loss stops training at once and gives a "diverged"
+    result (NaN objectives, the epoch it stopped at, the reason) instead of an exception: the
+    search goes on, the trial's MLflow run ends FAILED and Optuna records the trial as failed.
     """
     start = time.perf_counter()
     device = torch.device(device) if device is not None else pick_device()
@@ -120,6 +121,7 @@ def run_trial(
                 N.STATUS: "diverged",
                 N.DIVERGED: 1.0,
                 N.DEGENERATE: 0.0,
+                N.EPOCH: e.epoch,
                 "reason": str(e),
                 N.TRIAL_SECONDS: time.perf_counter() - start,
             }
@@ -242,6 +244,6 @@ def trainable(config: dict[str, Any], data: Dataset) -> None:
         if result[N.STATUS] == "diverged":
             (Path(out) / RESULT_FILE).write_text(json.dumps(result, indent=1))
         tune.report(
-            {**result, N.EPOCH: int(config["epochs"])},
+            {N.EPOCH: int(config["epochs"]), **result},  # a diverged trial: its last epoch
             checkpoint=tune.Checkpoint.from_directory(out),
         )
