@@ -41,6 +41,7 @@ from tune.store import (  # noqa: E402 - light: no mlflow/ray/torch import befor
     TrackingError,
     check_tracking_uri,
     default_tracking_uri,
+    error_line,
     redact,
 )
 
@@ -510,7 +511,7 @@ def tune_finished(experiment_location: str) -> bool:
 
 
 def _warn_mlflow(what: str, e: Exception) -> None:
-    print(f"warning: MLflow {what} failed: {redact(str(e)).splitlines()[0][:200]}", file=sys.stderr)
+    print(f"warning: MLflow {what} failed: {error_line(e)}", file=sys.stderr)
 
 
 # Parent-run tags recording the registered winner, so a repeated --resume registers it only once.

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 LOCAL_STORE = Path(__file__).resolve().parent.parent / "mlflow" / "store"  # git-ignored
+_CREDENTIALS = re.compile(r"(://)[^/@\s]+@")  # the user:password@ of a URL
 
 
 class TrackingError(RuntimeError):
@@ -49,7 +50,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
 
 def _health_url(uri: str) -> str:
     # urllib cannot take user:password@ in a URL; /health needs no credentials anyway.
-    return re.sub(r"(://)[^/@\s]+@", r"\1", uri.rstrip("/")) + "/health"
+    return _CREDENTIALS.sub(r"\1", uri.rstrip("/")) + "/health"
 
 
 def store_is_up(uri: str, timeout_s: float = 2.0) -> bool:
@@ -57,10 +58,10 @@ def store_is_up(uri: str, timeout_s: float = 2.0) -> bool:
     if not uri.startswith(("http://", "https://")):
         return True
     try:
-        with urllib.request.urlopen(_health_url(uri), timeout=timeout_s) as r:
-            return r.status == 200
-    except (OSError, ValueError):
+        check_tracking_uri(uri, timeout_s)
+    except TrackingError:
         return False
+    return True
 
 
 def prepare_store(uri: str) -> None:
@@ -84,4 +85,9 @@ def fail_fast_http() -> None:
 
 def redact(text: str) -> str:
     """Hide credentials in URLs (scheme://user:password@host -> scheme://***@host)."""
-    return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
+def error_line(e: BaseException, limit: int = 200) -> str:
+    """An exception as one short log line, credentials redacted (MLflow errors can be pages)."""
+    return redact(str(e)).splitlines()[0][:limit] if str(e) else type(e).__name__

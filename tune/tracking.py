@@ -34,6 +34,7 @@ from tune.store import (  # noqa: F401 - the store helpers, also importable from
     TrackingError,
     check_tracking_uri,
     default_tracking_uri,
+    error_line,
     fail_fast_http,
     prepare_store,
     redact,
@@ -113,9 +114,7 @@ def _retry(fn: Callable[[], Any], what: str, attempts: int = 3) -> Any:
         except Exception as e:  # noqa: BLE001 - MLflow raises many types for transient failures
             if i == attempts - 1:
                 raise
-            log.warning(
-                "MLflow %s failed (%s); retrying", what, redact(str(e)).splitlines()[0][:200]
-            )
+            log.warning("MLflow %s failed (%s); retrying", what, error_line(e))
             time.sleep(0.5 * 2**i)
     return None
 
@@ -257,7 +256,7 @@ class MLflowTrialLogger(Callback):
                 "--resume)",
                 what,
                 trial_id,
-                redact(str(e)).splitlines()[0][:300],
+                error_line(e, 300),
             )
 
     # -- writing ----------------------------------------------------------------------------
