@@ -318,17 +318,37 @@ class MLflowTrialLogger(Callback):
         return self.run_id_for(t.trial_id, t.config, t.name)
 
     def _finish(self, t: TrialInfo, status: str) -> None:
-        run_id = self._run_of(t)
-        if t.checkpoint is not None and status == "FINISHED":
-            with t.checkpoint.as_directory() as d:
+        errored = status == "FAILED"
+        has_file = errored and t.error_file and os.path.exists(t.error_file)
+        self._end_run(
+            self._run_of(t),
+            t.checkpoint,
+            errored,
+            Path(t.error_file).read_text() if has_file else None,
+            t.last_result,
+            {"ray.trial_status": t.status, "ray.num_failures": str(t.num_failures)},
+        )
+
+    def _end_run(
+        self,
+        run_id: str,
+        checkpoint,
+        errored: bool,
+        error: str | None,
+        result: Mapping[str, Any],
+        tags: dict[str, str],
+    ) -> None:
+        """A trial's artifacts (unless it errored), error text and tags, then its final status:
+        FAILED when Ray saw an error or training diverged, else FINISHED."""
+        if checkpoint is not None and not errored:
+            with checkpoint.as_directory() as d:
                 log_trial_artifacts(self.client, run_id, Path(d))
-        tags = {"ray.trial_status": t.status, "ray.num_failures": str(t.num_failures)}
-        if status == "FAILED" and t.error_file and os.path.exists(t.error_file):
-            tags["error"] = Path(t.error_file).read_text()[-4000:]
-            tags[N.STATUS] = "error"
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        diverged = t.last_result.get(N.STATUS) == "diverged"
-        self.client.set_terminated(run_id, status="FAILED" if diverged else status)
+        if error is not None:
+            tags = {**tags, "error": error[-4000:], N.STATUS: "error"}
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        failed = errored or result.get(N.STATUS) == "diverged"
+        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
     # -- Tune hooks (the driver's event loop: queue and return) -----------------------------
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
@@ -409,14 +429,9 @@ class MLflowTrialLogger(Callback):
         run = self.client.get_run(run_id)
         if run.info.status in ("FINISHED", "FAILED"):
             return changed
-        if r.checkpoint is not None and r.error is None:
-            with r.checkpoint.as_directory() as d:
-                log_trial_artifacts(self.client, run_id, Path(d))
-        if r.error is not None:
-            self.client.set_tag(run_id, "error", str(r.error)[-4000:])
-            self.client.set_tag(run_id, N.STATUS, "error")
-        failed = r.error is not None or metrics.get(N.STATUS) == "diverged"
-        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+        errored = r.error is not None
+        error = str(r.error) if errored else None
+        self._end_run(run_id, r.checkpoint, errored, error, metrics, {})
         return True
 
     def _drop_orphans(self, trial_ids: set[str]) -> int:
