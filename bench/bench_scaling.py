@@ -12,9 +12,16 @@ Reports trials per hour for both and the 2-node/1-node ratio (target >= 1.8x), t
   the champion model); `ray start` itself is timed separately, not included;
 - steady state: N / (last trial's end - first trial's start), from the MLflow child runs.
 
+Reference, in the same run and without Ray: the same kind of trial called directly
+(`tune.trial.run_trial`, one thread, as in a 1-CPU trial), first in one process, then in two
+processes side by side. Their ratio is what two trials at once can give on this machine at best
+(cores that share caches, memory bandwidth or a hypervisor's time give less than 2x); the report
+shows how much of it Ray reaches.
+
 Appends a dated section (machine, versions, commit, load) to bench/RESULTS.md.
 
-    .venv/bin/python bench/bench_scaling.py                       # 12 trials of ~20 s: ~8 min quiet
+    .venv/bin/python bench/bench_scaling.py                       # 12 trials of ~20 s: ~10 min quiet
+    .venv/bin/python bench/bench_scaling.py --space bench/spaces/scaling_wide.yaml  # memory-bound
     .venv/bin/python bench/bench_scaling.py --trials 4 --epochs 5 --no-write   # does it work? (~2 min)
 
 Two 1-CPU nodes on one machine need two idle cores: on a 2-core machine any other busy process
@@ -27,12 +34,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import multiprocessing as mp
 import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +58,7 @@ from bench_core import machine_lines  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from tune import names as N  # noqa: E402
 from tune.local_cluster import LocalRayCluster, mlflow_server  # noqa: E402
+from tune.space import load_space  # noqa: E402
 
 SPACE = ROOT / "bench" / "spaces" / "scaling.yaml"
 EXPERIMENT = "bench-scaling"
@@ -65,6 +76,51 @@ def busy_cores(seconds: float = 2.0) -> float:
     t0 = busy_ticks()
     time.sleep(seconds)
     return (busy_ticks() - t0) / os.sysconf("SC_CLK_TCK") / seconds
+
+
+_DATA = None  # the dataset of a direct-reference worker process
+
+
+def _direct_init(warm_config: dict[str, Any], barrier) -> None:
+    """A direct-reference worker: one thread as in a 1-CPU Ray trial, data loaded, warmed up."""
+    global _DATA
+    os.environ["OMP_NUM_THREADS"] = "1"  # what Ray sets for a 1-CPU trial (KMeans' OpenMP)
+    import torch
+
+    from tune.data import load_dataset
+    from tune.trial import run_trial
+
+    torch.set_num_threads(1)
+    _DATA = load_dataset("digits", seed=warm_config["seed"])
+    with tempfile.TemporaryDirectory() as out:  # first-call costs (JIT, plotting) out
+        run_trial({**warm_config, "epochs": 1}, _DATA, device="cpu", out_dir=out)
+    barrier.wait()  # the timed trials of all workers start together
+
+
+def _direct_trial(config: dict[str, Any]) -> float:
+    from tune.trial import run_trial
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:  # the outputs a Tune trial writes too
+        run_trial(config, _DATA, device="cpu", out_dir=out)
+    return time.perf_counter() - start
+
+
+def direct_reference(space: Path, per_process: int = 2) -> dict[str, float]:
+    """Mean seconds of one trial called directly: alone in 1 process, and in 2 side by side."""
+    s = load_space(space)
+    configs = [{**s.sample(random.Random(i)), "seed": 0} for i in range(2 * per_process)]
+    ctx = mp.get_context("spawn")  # fresh interpreters, like Ray's workers
+    out = {}
+    for procs in (1, 2):
+        barrier = ctx.Barrier(procs)
+        with ProcessPoolExecutor(
+            procs, mp_context=ctx, initializer=_direct_init, initargs=(configs[0], barrier)
+        ) as pool:
+            times = list(pool.map(_direct_trial, configs[: procs * per_process]))
+        out[procs] = statistics.mean(times)
+        print(f"[{time.strftime('%H:%M:%S')}] direct, {procs} process(es): {times}", flush=True)
+    return {"solo_s": out[1], "duo_s": out[2], "ceiling": 2 * out[1] / out[2]}
 
 
 def run_case(nodes: int, trials: int, space: Path, uri: str, tmp: Path) -> dict[str, Any]:
@@ -143,16 +199,23 @@ def run_case(nodes: int, trials: int, space: Path, uri: str, tmp: Path) -> dict[
     }
 
 
-def report(rows: list[dict[str, Any]], args: argparse.Namespace, started: str, load0: str) -> str:
+def report(
+    rows: list[dict[str, Any]],
+    ref: dict[str, float],
+    args: argparse.Namespace,
+    started: str,
+    load0: str,
+) -> str:
     one, two = rows
     e2e = one["wall_s"] / two["wall_s"]
     steady = one["span_s"] / two["span_s"]
     lines = [
         f"\n## {started} UTC — bench_scaling.py: search throughput on 2 Ray nodes vs 1 (1 CPU each)\n",
-        f"Command: `python3 bench/bench_scaling.py --trials {args.trials} --epochs {args.epochs}`. "
+        f"Command: `python3 bench/bench_scaling.py --trials {args.trials} --epochs {args.epochs} "
+        f"--space {args.space_shown}`. "
         f"Each case: a fresh `ray start` cluster on this machine (nodes x 1 CPU, token auth), "
         f"`tune/search.py --address ... --mlflow-uri http://127.0.0.1:PORT --space "
-        f"bench/spaces/scaling.yaml --dataset digits --cpus-per-trial 1 --max-concurrent NODES`, "
+        f"{args.space_shown} --dataset digits --cpus-per-trial 1 --max-concurrent NODES`, "
         f"{args.trials} equal-cost trials ({args.epochs} AE epochs each).\n",
         *machine_lines(),
         f"- load average (1/5/15 min) at start {load0}, at end {'/'.join(f'{x:.2f}' for x in os.getloadavg())}",
@@ -176,6 +239,12 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, started: str, l
         f"{steady:.2f}x steady state. Fixed cost of one search (end-to-end wall minus trials "
         f"span): {one['wall_s'] - one['span_s']:.1f} s on 1 node, "
         f"{two['wall_s'] - two['span_s']:.1f} s on 2.",
+        "",
+        f"Reference without Ray (same run, same kind of trial through `run_trial`, 1 thread): "
+        f"{ref['solo_s']:.1f} s per trial alone, {ref['duo_s']:.1f} s with two side by side, so "
+        f"two trials at once give at most **{ref['ceiling']:.2f}x** on this machine. Ray reaches "
+        f"{100 * e2e / ref['ceiling']:.0f}% of that end to end and "
+        f"{100 * steady / ref['ceiling']:.0f}% in the steady state.",
     ]
     if two["busy_before"] > 0.3 or min(r["busy"] - r["nodes"] for r in rows) > 0.6:
         lines.append(
@@ -194,22 +263,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--epochs", type=int, default=None, help="AE epochs per trial (default: the space's 24)"
     )
+    p.add_argument(
+        "--space", type=Path, default=SPACE, help="equal-cost space (default: %(default)s)"
+    )
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = p.parse_args(argv)
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
     load0 = "/".join(f"{x:.2f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp_name:
         tmp = Path(tmp_name)
-        space = SPACE
-        config = yaml.safe_load(SPACE.read_text())
+        space = args.space.resolve()
+        args.space_shown = os.path.relpath(space, ROOT)
+        config = yaml.safe_load(space.read_text())
         if args.epochs is not None:
             config["parameters"]["epochs"] = args.epochs
-            space = tmp / "scaling.yaml"
+            space = tmp / space.name
             space.write_text(yaml.safe_dump(config, sort_keys=False))
         args.epochs = config["parameters"]["epochs"]
+        ref = direct_reference(space)
         with mlflow_server(tmp / "mlflow") as server:
             rows = [run_case(n, args.trials, space, server.uri, tmp) for n in (1, 2)]
-    text = report(rows, args, started, load0)
+    text = report(rows, ref, args, started, load0)
     print(text)
     if not args.no_write:
         with open(ROOT / "bench" / "RESULTS.md", "a") as f:

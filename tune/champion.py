@@ -9,6 +9,9 @@ KMeans.predict both do.
 from __future__ import annotations
 
 import json
+import re
+import tomllib
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,30 @@ class ClusterModel(mlflow.pyfunc.PythonModel):
         return d.argmin(axis=1).astype(np.int64)
 
 
+# Search-time only: the served model never imports them.
+_SEARCH_ONLY = {"ray", "optuna", "torchvision"}
+
+
+def pip_requirements(repo: Path) -> list[str]:
+    """The project's runtime dependencies minus search-only ones, pinned to the installed versions.
+
+    Given explicitly because MLflow's inference (a subprocess that loads the model and watches its
+    imports) takes ~8 s here and gets it wrong: it lists the local `clustertune` package, which no
+    index has, and misses torch.
+    """
+    deps = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = []
+    for dep in deps:
+        name = re.split(r"[\s\[<>=!~;]", dep, maxsplit=1)[0]
+        if name.lower() in _SEARCH_ONLY:
+            continue
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:  # not installed: keep the project's own constraint
+            pins.append(dep)
+    return pins
+
+
 def log_champion(
     trial_dir: Path,
     parent_run_id: str,
@@ -73,6 +100,7 @@ def log_champion(
             code_paths=[str(repo / "models"), str(repo / "tune")],
             signature=infer_signature(example, np.zeros(len(example), dtype=np.int64)),
             input_example=example,
+            pip_requirements=pip_requirements(repo),
             registered_model_name=model_name,
         )
     client = mlflow.MlflowClient(tracking_uri)

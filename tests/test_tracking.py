@@ -1,0 +1,136 @@
+"""MLflowTrialLogger's background writer: per-epoch results that wait for it go out in one request
+per trial, none is lost or logged twice (also when a request fails), the final result once."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from mlflow import MlflowClient
+from tune import names as N
+from tune.tracking import MLflowTrialLogger
+
+EPOCHS = 60
+T0 = 1_795_000_000  # a Tune `timestamp` (whole seconds)
+
+
+class FakeTrial:
+    """The attributes of a Ray Tune Trial that the logger's hooks read."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+        self.config = {"lr": 0.001, "epochs": EPOCHS}
+        self.status = "RUNNING"
+        self.last_result: dict = {}
+        self.checkpoint = None
+        self.error_file = None
+        self.num_failures = 0
+
+    def __str__(self) -> str:
+        return f"trainable_{self.trial_id}"
+
+
+def epoch_result(epoch: int) -> dict:
+    return {
+        N.EPOCH: epoch,
+        N.TRAIN_LOSS: 1.0 / epoch,
+        N.VAL_LOSS: 2.0 / epoch,
+        "timestamp": T0 + epoch,
+        "training_iteration": epoch,
+    }
+
+
+def final_result() -> dict:
+    """At the last epoch, with the eval-mode losses measured after training (other values)."""
+    return {
+        **epoch_result(EPOCHS),
+        N.TRAIN_LOSS: 0.5,
+        N.VAL_LOSS: 0.75,  # also the objective N.RECON_LOSS: the same key
+        N.STATUS: "ok",
+        N.SILHOUETTE: 0.25,
+        N.BEST_CLUSTERER: "abo",
+    }
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("writer", artifact_location=(tmp_path / "a").as_uri())
+    parent = client.create_run(exp).info.run_id
+    return uri, exp, parent
+
+
+class Recorder:
+    """Wraps the logger's client: counts metric requests, can hold run creation or fail once."""
+
+    def __init__(self, logger: MLflowTrialLogger, fail_first_metrics: bool = False) -> None:
+        self.client = logger.client
+        self.metric_requests = 0
+        self.fail_next = fail_first_metrics
+        self.release = threading.Event()
+        create_run, log_batch = self.client.create_run, self.client.log_batch
+
+        def held_create_run(*a, **k):
+            self.release.wait(10)  # results pile up meanwhile, as behind a busy store
+            return create_run(*a, **k)
+
+        def counted_log_batch(run_id, metrics=(), **k):
+            if metrics:
+                if self.fail_next:
+                    self.fail_next = False
+                    raise ConnectionError("store busy")
+                self.metric_requests += 1
+            return log_batch(run_id, metrics=metrics, **k)
+
+        self.client.create_run = held_create_run
+        self.client.log_batch = counted_log_batch
+
+
+def run_trial_through(logger: MLflowTrialLogger, rec: Recorder, trial: FakeTrial) -> str:
+    logger.on_trial_start(0, [], trial)
+    for epoch in range(1, EPOCHS + 1):
+        logger.on_trial_result(0, [], trial, epoch_result(epoch))
+    logger.on_trial_result(0, [], trial, final_result())
+    logger.on_trial_result(0, [], trial, final_result())  # Tune may hand over the final twice
+    rec.release.set()
+    assert logger.close(timeout_s=60)
+    return logger.run_ids[trial.trial_id]
+
+
+def assert_complete(uri: str, run_id: str) -> None:
+    client = MlflowClient(uri)
+    final = final_result()
+    for key, scale in ((N.TRAIN_LOSS, 1.0), (N.VAL_LOSS, 2.0)):
+        history = sorted(
+            (m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, key)
+        )
+        expected = [(e, scale / e, 1000 * (T0 + e)) for e in range(1, EPOCHS + 1)]
+        expected.append((EPOCHS, final[key], 1000 * final["timestamp"]))  # the final, once
+        assert history == sorted(expected), key
+    run = client.get_run(run_id)
+    assert run.data.metrics[N.SILHOUETTE] == 0.25
+    assert run.data.tags[N.STATUS] == "ok" and run.data.tags[N.BEST_CLUSTERER] == "abo"
+    assert len(client.get_metric_history(run_id, N.SILHOUETTE)) == 1
+
+
+def test_results_waiting_for_the_writer_go_out_in_one_request(store):
+    uri, exp, parent = store
+    logger = MLflowTrialLogger(uri, exp, parent)
+    rec = Recorder(logger)
+    run_id = run_trial_through(logger, rec, FakeTrial("t1"))
+    assert_complete(uri, run_id)
+    # 61 results waited behind the held run creation: one request, not one per result
+    assert rec.metric_requests == 1
+    assert not logger.pending
+
+
+def test_a_failed_request_loses_and_doubles_nothing(store):
+    uri, exp, parent = store
+    logger = MLflowTrialLogger(uri, exp, parent)
+    rec = Recorder(logger, fail_first_metrics=True)
+    run_id = run_trial_through(logger, rec, FakeTrial("t2"))
+    assert_complete(uri, run_id)  # the retry logged every point once
+    assert not logger.pending and not logger._waiting
