@@ -89,12 +89,31 @@ class Recorder:
         self.client.log_batch = counted_log_batch
 
 
-def run_trial_through(logger: MLflowTrialLogger, rec: Recorder, trial: FakeTrial) -> str:
-    logger.on_trial_start(0, [], trial)
+def with_epoch_logs(every: int) -> list[dict]:
+    """The trial's results as the trainable reports them: every `every` epochs, each carrying the
+    epochs since the previous report (N.EPOCH_LOG); the final result carries the rest."""
+    results, log = [], []
     for epoch in range(1, EPOCHS + 1):
-        logger.on_trial_result(0, [], trial, epoch_result(epoch))
-    logger.on_trial_result(0, [], trial, final_result())
-    logger.on_trial_result(0, [], trial, final_result())  # Tune may hand over the final twice
+        r = epoch_result(epoch)
+        log.append([epoch, r[N.TRAIN_LOSS], r[N.VAL_LOSS]])
+        if epoch % every == 0 and epoch < EPOCHS:
+            results.append({**r, N.EPOCH_LOG: log})
+            log = []
+    return [*results, {**final_result(), N.EPOCH_LOG: log}]
+
+
+def run_trial_through(
+    logger: MLflowTrialLogger, rec: Recorder, trial: FakeTrial, every: int | None = None
+) -> str:
+    """Feed a trial's results to the logger's hooks: one per epoch (every=None), or with logs."""
+    logger.on_trial_start(0, [], trial)
+    if every is None:
+        results = [*(epoch_result(e) for e in range(1, EPOCHS + 1)), final_result()]
+    else:
+        results = with_epoch_logs(every)
+    for result in results:
+        logger.on_trial_result(0, [], trial, result)
+    logger.on_trial_result(0, [], trial, results[-1])  # Tune may hand over the final twice
     rec.release.set()
     assert logger.close(timeout_s=60)
     return logger.run_ids[trial.trial_id]
@@ -107,22 +126,23 @@ def assert_complete(uri: str, run_id: str) -> None:
         history = sorted(
             (m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, key)
         )
-        expected = [(e, scale / e, 1000 * (T0 + e)) for e in range(1, EPOCHS + 1)]
-        expected.append((EPOCHS, final[key], 1000 * final["timestamp"]))  # the final, once
-        assert history == sorted(expected), key
+        assert [h[:2] for h in history[:-1]] == [(e, scale / e) for e in range(1, EPOCHS + 1)]
+        assert history[-1][:2] == (EPOCHS, final[key]), key  # the final, once
+        assert all(T0 <= h[2] / 1000 <= T0 + EPOCHS for h in history), "Tune's timestamps"
     run = client.get_run(run_id)
     assert run.data.metrics[N.SILHOUETTE] == 0.25
     assert run.data.tags[N.STATUS] == "ok" and run.data.tags[N.BEST_CLUSTERER] == "abo"
     assert len(client.get_metric_history(run_id, N.SILHOUETTE)) == 1
 
 
-def test_results_waiting_for_the_writer_go_out_in_one_request(store):
+@pytest.mark.parametrize("every", [None, 7], ids=["a-result-per-epoch", "epoch-logs"])
+def test_results_waiting_for_the_writer_go_out_in_one_request(store, every):
     uri, exp, parent = store
     logger = MLflowTrialLogger(uri, exp, parent)
     rec = Recorder(logger)
-    run_id = run_trial_through(logger, rec, FakeTrial("t1"))
+    run_id = run_trial_through(logger, rec, FakeTrial("t1"), every)
     assert_complete(uri, run_id)
-    # 61 results waited behind the held run creation: one request, not one per result
+    # every result waited behind the held run creation: one request, not one per result
     assert rec.metric_requests == 1
     assert not logger.pending
 
@@ -131,6 +151,6 @@ def test_a_failed_request_loses_and_doubles_nothing(store):
     uri, exp, parent = store
     logger = MLflowTrialLogger(uri, exp, parent)
     rec = Recorder(logger, fail_first_metrics=True)
-    run_id = run_trial_through(logger, rec, FakeTrial("t2"))
+    run_id = run_trial_through(logger, rec, FakeTrial("t2"), every=7)
     assert_complete(uri, run_id)  # the retry logged every point once
     assert not logger.pending and not logger._waiting

@@ -15,6 +15,9 @@ EPOCH = "epoch"
 TRAIN_LOSS = "train/recon_loss"  # per epoch: mean training-mode loss; final: eval-mode MSE on train
 VAL_LOSS = "val/recon_loss"
 TEST_LOSS = "test/recon_loss"
+# In a Tune result: [[epoch, train loss, val loss], ...] for every epoch since the trial's previous
+# report, the reported one included (a trial reports at most once a second; MLflow gets them all).
+EPOCH_LOG = "epoch_log"
 
 # The two objectives: validation silhouette of the better clusterer (up), validation MSE (down).
 SILHOUETTE = "val/silhouette"

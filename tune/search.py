@@ -334,6 +334,11 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
     # The objectives exist only in a trial's final result (per-epoch results carry the losses), which
     # is all a multi-objective OptunaSearch reads; Ray's documented switch for that:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Tune adds a TensorBoard logger to the CSV and JSON ones its result analysis needs; MLflow is
+    # this project's UI, and writing event files for every epoch of every trial costs the driver
+    # time each trial waits for (tune.report blocks until the driver has taken the result). The
+    # two needed ones are passed explicitly (make_tuner).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
     storage, experiment_dir = storage_location(args.storage_path, name)
     if args.resume and not tune.Tuner.can_restore(experiment_dir):
@@ -440,6 +445,7 @@ def make_tuner(args, space: SearchSpace, num_samples: int, dataset, name, storag
     """Start Ray (or join --address) and build the Tuner: a new one, or the restored --name."""
     import ray
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tune.searcher import make_searcher
@@ -453,7 +459,7 @@ def make_tuner(args, space: SearchSpace, num_samples: int, dataset, name, storag
     run_config = tune.RunConfig(
         name=name,
         storage_path=storage,
-        callbacks=[logger],
+        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), logger],
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=1,

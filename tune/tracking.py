@@ -307,17 +307,17 @@ class MLflowTrialLogger(Callback):
         tags: list[RunTag] = []
         points, final = set(), False
         for result in results:
-            if isinstance(result.get(N.STATUS), str):  # the final result
-                if run_id in self.final_logged or final:
-                    continue
+            if isinstance(result.get(N.STATUS), str) and not (run_id in self.final_logged or final):
                 final = True
                 tags = result_tags(result)
-            elif _point(result) in seen or _point(result) in points:
-                continue
-            # progress.csv may hold the final result as a plain row too (its columns are the
-            # first result's): its point counts as logged
-            points.add(_point(result))
-            metrics += result_metrics(result)
+                metrics += result_metrics(result)
+                # progress.csv may hold the final result as a plain row too (its columns are the
+                # first result's): its point counts as logged
+                points.add(_point(result))
+            for row in epoch_rows(result):
+                if _point(row) not in seen and _point(row) not in points:
+                    points.add(_point(row))
+                    metrics += result_metrics(row)
         if not points:
             return False
         log_metrics(self.client, run_id, metrics, tags)
@@ -438,24 +438,11 @@ class MLflowTrialLogger(Callback):
         dirname = Path(r.path).name if r.path else trial_id
         name = dirname[: dirname.find(trial_id) + len(trial_id)] if trial_id in dirname else dirname
         run_id = self.run_id_for(trial_id, r.config or {}, name)
-        # every per-epoch point the run lacks, in a few batches (one call per epoch is slow)
-        seen = self.epochs_logged.setdefault(run_id, set())
+        # every per-epoch point and the final result the run lacks, in a few requests
         history = r.metrics_dataframe
         rows = history.to_dict("records") if history is not None else []
-        # progress.csv may hold the final result as a plain row: it is logged as the final below
-        final = {_point(metrics)} if isinstance(metrics.get(N.STATUS), str) else set()
-        skip = seen | final
-        missing = {
-            _point(row): row
-            for row in rows
-            if not isinstance(row.get(N.STATUS), str) and _point(row) not in skip
-        }
-        log_metrics(
-            self.client, run_id, [m for row in missing.values() for m in result_metrics(row)]
-        )
-        seen.update(missing)
-        changed = bool(missing)
-        changed |= self.log_results(run_id, [metrics])
+        per_epoch = [row for row in rows if not isinstance(row.get(N.STATUS), str)]
+        changed = self.log_results(run_id, [*per_epoch, metrics])
         run = self.client.get_run(run_id)
         if run.info.status in ("FINISHED", "FAILED"):
             return changed
@@ -507,6 +494,23 @@ def result_metrics(result: Mapping[str, Any]) -> list[Metric]:
     ts = int(1000 * (reported if isinstance(reported, int | float) else time.time()))
     items = sorted(numeric_items(result).items())
     return [Metric(k, v, ts, step) for k, v in items if k != N.EPOCH]
+
+
+def epoch_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The per-epoch points a Tune result carries: its N.EPOCH_LOG entries, or else the result
+    itself unless it is the final one."""
+    log = result.get(N.EPOCH_LOG)
+    if isinstance(log, list):
+        stamp = {"timestamp": result["timestamp"]} if "timestamp" in result else {}
+        return [
+            {N.EPOCH: int(e), N.TRAIN_LOSS: _float(t), N.VAL_LOSS: _float(v), **stamp}
+            for e, t, v in log
+        ]
+    return [] if isinstance(result.get(N.STATUS), str) else [dict(result)]
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
 
 
 def result_tags(result: Mapping[str, Any]) -> list[RunTag]:
