@@ -54,6 +54,7 @@ for p in (ROOT, ROOT / "bench"):  # run as a script: `tune` and bench_core's hel
         sys.path.insert(0, str(p))
 
 from bench_core import machine_lines  # noqa: E402
+from bench_search import direct_trial  # noqa: E402
 
 from mlflow import MlflowClient  # noqa: E402
 from tune import names as N  # noqa: E402
@@ -78,32 +79,11 @@ def busy_cores(seconds: float = 2.0) -> float:
     return (busy_ticks() - t0) / os.sysconf("SC_CLK_TCK") / seconds
 
 
-_DATA = None  # the dataset of a direct-reference worker process
-
-
 def _direct_init(warm_config: dict[str, Any], barrier) -> None:
-    """A direct-reference worker: one thread as in a 1-CPU Ray trial, data loaded, warmed up."""
-    global _DATA
+    """A direct-reference worker: data loaded and first-call costs (JIT, plotting) paid."""
     os.environ["OMP_NUM_THREADS"] = "1"  # what Ray sets for a 1-CPU trial (KMeans' OpenMP)
-    import torch
-
-    from tune.data import load_dataset
-    from tune.trial import run_trial
-
-    torch.set_num_threads(1)
-    _DATA = load_dataset("digits", seed=warm_config["seed"])
-    with tempfile.TemporaryDirectory() as out:  # first-call costs (JIT, plotting) out
-        run_trial({**warm_config, "epochs": 1}, _DATA, device="cpu", out_dir=out)
+    direct_trial(({**warm_config, "epochs": 1}, "digits"))
     barrier.wait()  # the timed trials of all workers start together
-
-
-def _direct_trial(config: dict[str, Any]) -> float:
-    from tune.trial import run_trial
-
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out:  # the outputs a Tune trial writes too
-        run_trial(config, _DATA, device="cpu", out_dir=out)
-    return time.perf_counter() - start
 
 
 def direct_reference(space: Path, per_process: int = 2) -> dict[str, float]:
@@ -117,7 +97,8 @@ def direct_reference(space: Path, per_process: int = 2) -> dict[str, float]:
         with ProcessPoolExecutor(
             procs, mp_context=ctx, initializer=_direct_init, initargs=(configs[0], barrier)
         ) as pool:
-            times = list(pool.map(_direct_trial, configs[: procs * per_process]))
+            jobs = [(c, "digits") for c in configs[: procs * per_process]]
+            times = list(pool.map(direct_trial, jobs))
         out[procs] = statistics.mean(times)
         print(f"[{time.strftime('%H:%M:%S')}] direct, {procs} process(es): {times}", flush=True)
     return {"solo_s": out[1], "duo_s": out[2], "ceiling": 2 * out[1] / out[2]}

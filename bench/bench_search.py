@@ -38,8 +38,8 @@ CASES = {
 }
 
 
-def _direct(args: tuple[dict, str]) -> float:
-    """Run one trial in this worker process exactly as a 1-CPU Tune trial would."""
+def direct_trial(args: tuple[dict, str]) -> float:
+    """Run one trial in this worker process exactly as a 1-CPU Tune trial would; its seconds."""
     config, dataset_name = args
     import torch
 
@@ -47,10 +47,10 @@ def _direct(args: tuple[dict, str]) -> float:
     from tune.trial import run_trial
 
     torch.set_num_threads(1)
-    ds = _direct.cache.get(dataset_name) if hasattr(_direct, "cache") else None
+    ds = direct_trial.cache.get(dataset_name) if hasattr(direct_trial, "cache") else None
     if ds is None:
         ds = load_dataset(dataset_name, seed=config["seed"])
-        _direct.cache = {dataset_name: ds}
+        direct_trial.cache = {dataset_name: ds}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:  # the same outputs the Tune trial writes
         run_trial(config, ds, device="cpu", out_dir=out)
@@ -98,7 +98,7 @@ def replay(label: str, storage: Path, name: str, dataset: str, search_s: float) 
     configs = trial_configs(storage, name)
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=2) as pool:
-        per_trial = list(pool.map(_direct, [(c, dataset) for c in configs]))
+        per_trial = list(pool.map(direct_trial, [(c, dataset) for c in configs]))
     direct_s = time.perf_counter() - start
     n = len(configs)
     return {

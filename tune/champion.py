@@ -9,7 +9,6 @@ KMeans.predict both do.
 from __future__ import annotations
 
 import json
-import re
 import tomllib
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from packaging.requirements import Requirement
 
 import mlflow
 from models.build import build_autoencoder
@@ -67,7 +67,7 @@ def pip_requirements(repo: Path) -> list[str]:
     deps = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
     pins = []
     for dep in deps:
-        name = re.split(r"[\s\[<>=!~;]", dep, maxsplit=1)[0]
+        name = Requirement(dep).name
         if name.lower() in _SEARCH_ONLY:
             continue
         try:

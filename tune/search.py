@@ -278,39 +278,34 @@ def storage_location(storage_path: str, name: str) -> tuple[str, str]:
     return storage, str(Path(storage) / name)
 
 
-def _exists(location: str) -> bool:
-    """Whether a local path or a storage URI (through pyarrow, as Tune reads it) exists."""
-    if "://" not in location:
-        return Path(location).exists()
-    import pyarrow.fs
+def _fs(location: str):
+    """(pyarrow filesystem, path) of an absolute local path or a storage URI, as Tune reads them."""
+    from pyarrow.fs import FileSystem
 
-    fs, path = pyarrow.fs.FileSystem.from_uri(location)
-    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    return FileSystem.from_uri(location)
+
+
+def _exists(location: str) -> bool:
+    from pyarrow.fs import FileType
+
+    fs, path = _fs(location)
+    return fs.get_file_info(path).type != FileType.NotFound
 
 
 def _read_text(location: str) -> str | None:
-    """A small file's text from a local path or a storage URI; None if it does not exist."""
-    if "://" not in location:
-        path = Path(location)
-        return path.read_text() if path.is_file() else None
-    import pyarrow.fs
+    """A small file's text; None if it does not exist."""
+    from pyarrow.fs import FileType
 
-    fs, path = pyarrow.fs.FileSystem.from_uri(location)
-    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+    fs, path = _fs(location)
+    if fs.get_file_info(path).type != FileType.File:
         return None
     with fs.open_input_stream(path) as f:
         return f.read().decode()
 
 
 def _write_text(location: str, text: str) -> None:
-    """Write a small file at a local path or a storage URI, creating its directory."""
-    if "://" not in location:
-        Path(location).parent.mkdir(parents=True, exist_ok=True)
-        Path(location).write_text(text)
-        return
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    """Write a small file, creating its directory."""
+    fs, path = _fs(location)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
         f.write(text.encode())
