@@ -47,6 +47,7 @@ BASE = {
     "weight_decay": 0.0,
     "batch_size": 32,
     "epochs": 3,
+    "pca_dim": None,
     "n_clusters": 10,
     "abo_lr": 0.1,
     "abo_epochs": 3,

@@ -1,8 +1,9 @@
 """The search winner as one MLflow pyfunc model: images in, cluster ids out.
 
 The model directory is the winning trial's final checkpoint (autoencoder weights, config, both
-clusterers' centres); `predict` encodes the images and assigns each to the nearest centre of the
-clusterer that won the trial (`best_clusterer`), which is what ABO_clusterer.predict and
+clusterers' centres, the PCA of the codes when the trial used one); `predict` encodes the images,
+projects the codes as the trial did and assigns each to the nearest centre of the clusterer that
+won the trial (`best_clusterer`), which is what ABO_clusterer.predict and
 KMeans.predict both do.
 """
 
@@ -32,7 +33,12 @@ class ClusterModel(mlflow.pyfunc.PythonModel):
         result = json.loads((d / RESULT_FILE).read_text())
         self.image_shape = tuple(self.config["image_shape"])
         self.clusterer = result.get("best_clusterer", "kmeans")
-        self.centers = np.load(d / CLUSTERERS_FILE)[self.clusterer].astype(np.float64)
+        arrays = np.load(d / CLUSTERERS_FILE)
+        self.centers = arrays[self.clusterer].astype(np.float64)
+        # The trial's PCA of the codes (config pca_dim), if it clustered a projection of them.
+        self.pca = None
+        if "pca_components" in arrays:
+            self.pca = (arrays["pca_mean"].astype(np.float64), arrays["pca_components"])
         self.model = build_autoencoder(self.config, self.image_shape)
         self.model.load_state_dict(torch.load(d / MODEL_FILE, map_location="cpu"))
         self.model.eval()
@@ -49,6 +55,9 @@ class ClusterModel(mlflow.pyfunc.PythonModel):
         images = images.reshape(-1, 1, *self.image_shape)
         with torch.no_grad():
             z = self.model.encode(torch.from_numpy(images)).double().numpy()
+        if self.pca is not None:
+            mean, components = self.pca
+            z = (z - mean) @ components.T.astype(np.float64)
         d = (z**2).sum(1)[:, None] - 2 * z @ self.centers.T + (self.centers**2).sum(1)[None, :]
         return d.argmin(axis=1).astype(np.int64)
 

@@ -30,6 +30,9 @@ DEGENERATE_CLUSTERERS = "degenerate_clusterers"  # tag: clusterers whose labelin
 DIVERGED = "diverged"  # 1.0 when training hit a NaN/inf loss
 STATUS = "status"  # "ok" | "degenerate" | "diverged"
 TRIAL_SECONDS = "time/trial_s"
+# Dimension of the space the clusterers saw and their scores were measured in: latent_dim, or
+# pca_dim when that is smaller (silhouette, Davies-Bouldin, Calinski-Harabasz depend on it).
+CLUSTER_DIM = "cluster_dim"
 NODE = "node"  # hostname of the machine that ran the trial
 
 

@@ -155,6 +155,9 @@ def _build_keys() -> dict[str, _Rule]:
         weight_decay=_Rule("float", low=0.0),
         batch_size=_int(),
         epochs=_int(),
+        # Principal components of the latent codes the clusterers see; null = the codes as they
+        # are. At least latent_dim keeps every component: a rotation, distances unchanged.
+        pca_dim=_int(nullable=True),
         n_clusters=_int(2),
         abo_lr=_positive_float(),
         abo_epochs=_int(),

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
 
 from models.abo import ABOClusterer
 from models.build import build_autoencoder, count_parameters
@@ -69,6 +70,18 @@ def make_clusterers(config: Mapping[str, Any]) -> dict[str, Any]:
         ),
         "kmeans": KMeans(n_clusters=k, n_init=int(config["kmeans_n_init"]), random_state=seed),
     }
+
+
+def fit_projection(config: Mapping[str, Any], z_train: np.ndarray) -> PCA | None:
+    """PCA of the train codes to `pca_dim` components, the space the clusterers work in.
+
+    None when `pca_dim` is null or keeps every component (then PCA is only a rotation and a shift,
+    which changes no distance, so neither clustering nor any score).
+    """
+    k = config["pca_dim"]
+    if k is None or k >= z_train.shape[1]:
+        return None
+    return PCA(n_components=int(k), svd_solver="full").fit(z_train)
 
 
 def run_trial(
@@ -136,6 +149,10 @@ def run_trial(
     z = {split: embed(model, xs) for split, xs in x.items()}
     for split in N.SPLITS:
         result[N.metric(split, "recon_loss")] = reconstruction_loss(model, x[split])
+    projection = fit_projection(config, z["train"].cpu().numpy())
+    if projection is not None:  # from here on the clusterers and their scores see the projection
+        z = {split: _project(projection, zs) for split, zs in z.items()}
+    result[N.CLUSTER_DIM] = float(z["train"].shape[1])
     z_train = z["train"].cpu().numpy()
     clusterers = make_clusterers(config)
     labels: dict[str, dict[str, np.ndarray]] = {split: {} for split in N.SPLITS}
@@ -173,17 +190,33 @@ def run_trial(
     )
     result[N.TRIAL_SECONDS] = time.perf_counter() - start
     if out_dir is not None:
-        _write_outputs(Path(out_dir), config, model, clusterers, x, z, labels, history, result)
+        _write_outputs(
+            Path(out_dir), config, model, projection, clusterers, x, z, labels, history, result
+        )
     return result
 
 
-def _write_outputs(out, config, model, clusterers, x, z, labels, history, result) -> None:
+def _project(projection: PCA, z: torch.Tensor) -> torch.Tensor:
+    # [N, latent_dim] -> [N, pca_dim], on z's device; an empty split stays empty
+    out = np.zeros((0, projection.n_components_), np.float32)
+    if len(z):
+        out = projection.transform(z.cpu().numpy()).astype(np.float32)
+    return torch.from_numpy(out).to(z.device)
+
+
+def _write_outputs(
+    out, config, model, projection, clusterers, x, z, labels, history, result
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / MODEL_FILE)
+    pca = {}
+    if projection is not None:  # the served model projects codes exactly as the trial did
+        pca = {"pca_mean": projection.mean_, "pca_components": projection.components_}
     np.savez(
         out / CLUSTERERS_FILE,
         abo=clusterers["abo"].cluster_centers_,
         kmeans=clusterers["kmeans"].cluster_centers_.astype(np.float32),
+        **pca,
     )
     config = {**dict(config), "image_shape": list(model.image_shape)}  # for rebuilding the model
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True))
