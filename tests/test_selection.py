@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tune.selection import OBJECTIVES, choose_winner, pareto_front, select
+from tune.selection import OBJECTIVES, beats_all, choose_winner, pareto_front, select
 
 SIL, REC = "val/silhouette", "val/recon_loss"
 
@@ -153,3 +153,51 @@ def test_bad_arguments() -> None:
         pareto_front(df, {"val/ari": "max"})
     with pytest.raises(ValueError, match="NaN"):
         choose_winner(frame({"x": (np.nan, 1.0), "y": (0.5, 0.5)}))
+
+
+# The Fashion-MNIST default search of 2026-11-23 (bench/RESULTS.md): the knee of the front (K)
+# is worse than doc1 in loss; I1 and I2 beat both documents in both objectives.
+SEARCH = {
+    "hi": (0.3411, 0.0292),
+    "K": (0.3372, 0.0104),
+    "I1": (0.3236, 0.0073),
+    "I2": (0.3195, 0.0072),
+    "doc2": (0.2618, 0.0112),
+    "doc1": (0.1409, 0.0078),
+}
+DOCS = pd.Series({k: k.startswith("doc") for k in SEARCH})
+
+
+def test_beats_all_needs_to_dominate_every_baseline() -> None:
+    df = frame(SEARCH)
+    beats = beats_all(df, df[DOCS])
+    assert list(beats[beats].index) == ["I1", "I2"]
+    # K beats doc2 but not doc1 (higher loss); a baseline never beats itself.
+    assert not beats["K"] and not beats["doc1"]
+    assert not beats_all(df, frame({})).any()  # no baselines: nothing beats them
+    nan_base = frame({"b": (np.nan, 0.0)})
+    assert not beats_all(df, nan_base).any()  # nor a baseline without finite objectives
+
+
+def test_winner_comes_from_the_trials_that_beat_every_baseline() -> None:
+    df = frame(SEARCH)
+    assert select(df)[1] == "K"  # no baselines: the knee of the whole front
+    front, winner = select(df, baseline=DOCS)
+    assert winner == "I1"  # nearer the ideal than I2 over the whole front's range
+    assert list(front.index) == ["hi", "K", "I1", "I2"]
+    # Weights still apply among the improving trials.
+    assert select(df, weights={SIL: 0, REC: 1}, baseline=DOCS)[1] == "I2"
+
+
+def test_without_improving_trials_the_whole_front_is_used() -> None:
+    df = frame({k: v for k, v in SEARCH.items() if not k.startswith("I")})
+    assert select(df, baseline=DOCS.drop(["I1", "I2"]))[1] == "K"
+
+
+def test_excluded_or_broken_baselines_are_ignored() -> None:
+    df = frame(SEARCH)
+    # doc1 failed: only doc2 counts, which K beats too, and K is the front's knee.
+    exclude = pd.Series({k: k == "doc1" for k in SEARCH})
+    assert select(df, exclude=exclude, baseline=DOCS)[1] == "K"
+    with pytest.raises(ValueError, match="baseline: needs a True/False value"):
+        select(df, baseline=DOCS.drop("doc1"))

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from tune import names as N  # noqa: E402
-from tune.selection import select  # noqa: E402
+from tune.selection import beats_all, select  # noqa: E402
 
 SHOW = [
     "trial_id",
@@ -38,6 +38,7 @@ class Summary:
     winner: Any  # index label in `trials`, or None
     winner_dir: Path | None  # local copy of the winner's final checkpoint
     files: list[Path] = field(default_factory=list)  # the parent run's artifacts, written locally
+    rule: str = ""  # how the winner was chosen, for the printed summary
 
 
 def trials_table(results, points: list[tuple[str, dict]] | None = None) -> pd.DataFrame:
@@ -57,7 +58,7 @@ def trials_table(results, points: list[tuple[str, dict]] | None = None) -> pd.Da
             {
                 k: v
                 for k, v in metrics.items()
-                if "/" in k or k in (N.BEST_CLUSTERER, N.STATUS, N.NODE)
+                if "/" in k or k in (N.BEST_CLUSTERER, N.STATUS, N.NODE, N.CLUSTER_DIM)
             }
         )
         if r.error is not None:
@@ -68,17 +69,36 @@ def trials_table(results, points: list[tuple[str, dict]] | None = None) -> pd.Da
     return pd.DataFrame(rows)
 
 
-def summarise(results, tmp: Path, weights=None, points=None) -> Summary:
+def summarise(
+    results, tmp: Path, weights=None, points=None, prefer_improvements: bool = True
+) -> Summary:
     """Select the winner; write all_trials.csv, pareto.csv, pareto_front.png, best_config.yaml
-    to `tmp` and copy the winner's checkpoint there. Needs no MLflow (see `log_summary`)."""
+    to `tmp` and copy the winner's checkpoint there. Needs no MLflow (see `log_summary`).
+
+    With `prefer_improvements`, the trials of the space's points (the documents' configurations)
+    are the baselines of tune.selection's rule step 5: the winner beats all of them if any front
+    trial does. `beats_points` in the table marks the trials that do.
+    """
     df = trials_table(results, points)
     front, winner, winner_dir = None, None, None
+    df["beats_points"] = False
+    rule = "nearest to the ideal point, objectives normalised over the front"
     if len(df) and all(k in df for k in N.OBJECTIVES):
         ok = df[N.STATUS] == "ok"
+        is_point = df["point"] != ""
+        df["beats_points"] = beats_all(df, df[ok & is_point]) & ok
         try:
-            front, winner = select(df, weights=weights, exclude=~ok)
+            front, winner = select(
+                df, weights=weights, exclude=~ok, baseline=is_point if prefer_improvements else None
+            )
         except ValueError:  # nothing valid to choose from
             front, winner = None, None
+        if front is not None and prefer_improvements and df.loc[front.index, "beats_points"].any():
+            names = ", ".join(df.loc[ok & is_point, "point"])
+            rule = (
+                f"nearest to the ideal point among the front trials that beat every starting "
+                f"point ({names}) in both objectives, objectives normalised over the front"
+            )
     df["pareto"] = df.index.isin(front.index) if front is not None else False
     df["winner"] = df.index == winner if winner is not None else False
     df.to_csv(tmp / "all_trials.csv", index=False)
@@ -94,7 +114,7 @@ def summarise(results, tmp: Path, weights=None, points=None) -> Summary:
         for r in results:
             if r.checkpoint is not None and (r.metrics or {}).get("trial_id") == best["trial_id"]:
                 winner_dir = Path(r.checkpoint.to_directory(str(tmp / "winner")))
-    return Summary(df, front, winner, winner_dir, files)
+    return Summary(df, front, winner, winner_dir, files, rule)
 
 
 def log_summary(client, parent_run_id: str, summary: Summary) -> None:
@@ -148,9 +168,7 @@ def format_summary(summary: Summary, champion, model_name: str, elapsed: float) 
     cols = [c for c in SHOW if c in df.columns]
     table = df.loc[summary.front.index, cols].copy()
     table.insert(0, "", ["*" if i == summary.winner else "" for i in table.index])
-    lines.append(
-        "\nPareto front (* = chosen winner: nearest to the ideal point, objectives normalised over the front):"
-    )
+    lines.append(f"\nPareto front (* = chosen winner: {summary.rule}):")
     lines.append(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     if champion is not None:
         lines.append(

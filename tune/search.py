@@ -157,6 +157,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="winner rule weights",
     )
     p.add_argument(
+        "--winner-among",
+        choices=("improvements", "front"),
+        default="improvements",
+        help="improvements: the winner beats every trial of the space's points_to_evaluate (the "
+        "documents' configurations) in both objectives whenever some front trial does; front: "
+        "the whole front (README: How the winner is chosen)",
+    )
+    p.add_argument(
         "--max-failures",
         type=int,
         default=2,
@@ -210,7 +218,15 @@ def check_args(args: argparse.Namespace) -> tuple[SearchSpace, int]:
 # In the experiment directory: what a search was started with that --resume must reuse (Tune
 # restores its own state, not our data set, space, seed or winner weights).
 SETTINGS_FILE = "clustertune.json"
-RESUMED_SETTINGS = ("space", "dataset", "data_dir", "val_fraction", "seed", "weights")
+RESUMED_SETTINGS = (
+    "space",
+    "dataset",
+    "data_dir",
+    "val_fraction",
+    "seed",
+    "weights",
+    "winner_among",
+)
 
 
 def resumed_settings(args: argparse.Namespace) -> None:
@@ -361,6 +377,7 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
             "gpus_per_trial": args.gpus_per_trial,
             "max_concurrent": args.max_concurrent,
             "weights": list(args.weights),
+            "winner_among": args.winner_among,
             "storage_path": storage,
             **{f"dataset.{k}": v for k, v in dataset.summary().items()},
         }
@@ -397,7 +414,9 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
     with tempfile.TemporaryDirectory() as tmp:
         weights = dict(zip(N.OBJECTIVES, args.weights, strict=True))
         named_points = list(zip(space.point_names, space.points, strict=True))
-        summary = report.summarise(results, Path(tmp), weights, named_points)
+        summary = report.summarise(
+            results, Path(tmp), weights, named_points, args.winner_among == "improvements"
+        )
         if complete:
             try:
                 report.log_summary(client, parent_run_id, summary)

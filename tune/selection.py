@@ -14,9 +14,17 @@ trial, only a front of trade-offs. The rule used to pick one:
    distance, sqrt(sum_k w_k * d_k**2), with equal weights by default. Ties go to the row best
    in the first objective, then to the earlier row.
 
+5. With baselines (rows the search started from: the space's points_to_evaluate, i.e. the two
+   documents' configurations), if some front rows beat every baseline, i.e. dominate each of
+   them, the winner is the nearest to the ideal point among those rows only (distances still
+   rescaled over the whole front). A search exists to improve on what its user already has; a
+   front row worse than a known configuration in one objective is a trade-off against it, not
+   an improvement. Without such rows (or baselines) step 4 applies to the whole front.
+
 Rescaling by the front's own range makes the objectives comparable whatever their units, and
 the distance to the ideal point favours the knee of the front over its extremes; a weight of 0
-ignores an objective, so weights (1, 0) pick the best silhouette on the front.
+ignores an objective, so weights (1, 0) pick the best silhouette on the front. Baselines that
+were excluded or have a non-finite objective are ignored.
 """
 
 from __future__ import annotations
@@ -67,15 +75,33 @@ def pareto_front(df: pd.DataFrame, objectives: Mapping[str, str] = OBJECTIVES) -
     return df.iloc[keep]
 
 
+def beats_all(
+    df: pd.DataFrame, baselines: pd.DataFrame, objectives: Mapping[str, str] = OBJECTIVES
+) -> pd.Series:
+    """Per row of df: True if it dominates every baseline row with finite objectives (and there
+    is at least one such baseline). A baseline never beats itself."""
+    costs = _costs(df, objectives)
+    base = _costs(baselines, objectives)
+    base = base[np.isfinite(base).all(axis=1)]
+    if not len(base):
+        return pd.Series(False, index=df.index)
+    no_worse = (costs[:, None, :] <= base[None, :, :]).all(axis=2)  # [row, baseline]
+    better = (costs[:, None, :] < base[None, :, :]).any(axis=2)
+    return pd.Series((no_worse & better).all(axis=1), index=df.index)
+
+
 def choose_winner(
     front: pd.DataFrame,
     objectives: Mapping[str, str] = OBJECTIVES,
     weights: Mapping[str, float] | None = None,
+    among: pd.Series | None = None,
 ) -> Hashable:
     """The index label of the front row nearest the ideal point (rule in the module docstring).
 
-    `weights` maps every objective to a finite weight >= 0, not all zero. Raises ValueError for
-    an empty front or a non-finite objective value.
+    `weights` maps every objective to a finite weight >= 0, not all zero. `among`, a boolean
+    Series over the front's index, restricts the candidates to its True rows (when it has any);
+    the rescaling stays the whole front's. Raises ValueError for an empty front or a non-finite
+    objective value.
     """
     if front.empty:
         raise ValueError("no trials to choose from: the Pareto front is empty")
@@ -88,6 +114,10 @@ def choose_winner(
     # A constant objective is 0 (no gap to the ideal) for every row.
     gaps = np.divide(costs - best, span, out=np.zeros_like(costs), where=span > 0)
     distance = np.sqrt((w * gaps**2).sum(axis=1))
+    if among is not None:
+        allowed = among.reindex(front.index).fillna(False).to_numpy(dtype=bool)
+        if allowed.any():
+            distance = np.where(allowed, distance, np.inf)
     tied = np.flatnonzero(distance <= distance.min() * (1 + _TIE_RTOL))
     # Among tied rows: best first objective, then the earliest (argmin returns the first).
     winner = tied[np.argmin(costs[tied, 0])]
@@ -110,27 +140,38 @@ def _weights(objectives: Mapping[str, str], weights: Mapping[str, float] | None)
     return w
 
 
+def _mask(name: str, mask: pd.Series, index: pd.Index) -> np.ndarray:
+    mask = mask.reindex(index)
+    if mask.isna().any():
+        raise ValueError(f"{name}: needs a True/False value for every row of df (by index)")
+    if not pd.api.types.is_bool_dtype(mask.dtype) and not mask.isin([True, False]).all():
+        raise ValueError(f"{name}: values must be True or False")
+    return mask.astype(bool).to_numpy()
+
+
 def select(
     df: pd.DataFrame,
     objectives: Mapping[str, str] = OBJECTIVES,
     weights: Mapping[str, float] | None = None,
     exclude: pd.Series | None = None,
+    baseline: pd.Series | None = None,
 ) -> tuple[pd.DataFrame, Hashable]:
     """Filter, take the Pareto front, choose the winner.
 
     `exclude` is a boolean Series over df's index; rows where it is True (failed or degenerate
-    trials) are dropped first. Returns the front sorted by the first objective, best first
-    (ties keep their order), and the winner's index label. Raises ValueError if nothing is left.
+    trials) are dropped first. `baseline`, also a boolean Series over df's index, marks the
+    rows the search started from (rule step 5). Returns the front sorted by the first objective,
+    best first (ties keep their order), and the winner's index label. Raises ValueError if
+    nothing is left.
     """
+    base = _mask("baseline", baseline, df.index) if baseline is not None else None
     if exclude is not None:
-        mask = exclude.reindex(df.index)
-        if mask.isna().any():
-            raise ValueError("exclude: needs a True/False value for every row of df (by index)")
-        if not pd.api.types.is_bool_dtype(mask.dtype) and not mask.isin([True, False]).all():
-            raise ValueError("exclude: values must be True or False")
-        df = df[~mask.astype(bool).to_numpy()]
+        keep = ~_mask("exclude", exclude, df.index)
+        df = df[keep]
+        base = base[keep] if base is not None else None
     front = pareto_front(df, objectives)
-    winner = choose_winner(front, objectives, weights)
+    among = beats_all(front, df[base], objectives) if base is not None else None
+    winner = choose_winner(front, objectives, weights, among)
     first, direction = next(iter(objectives.items()))
     order = pd.to_numeric(front[first]).to_numpy(dtype=float)
     positions = np.argsort(order if direction == "min" else -order, kind="stable")

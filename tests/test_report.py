@@ -1,0 +1,56 @@
+"""The search summary (tune/report.py) on hand-made results: baselines, winner, printed rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from tune import names as N
+from tune import report
+
+DOC1 = {"arch": "mlp", "latent_dim": 64, "pca_dim": None}
+DOC2 = {"arch": "conv", "latent_dim": 64, "pca_dim": None}
+
+
+@dataclass
+class FakeResult:  # the part of ray.tune.Result the summary reads
+    config: dict
+    metrics: dict
+    error: Exception | None = None
+    path: str | None = None
+    checkpoint: None = None
+
+
+def result(tid: str, config: dict, sil: float, loss: float, status: str = "ok") -> FakeResult:
+    metrics = {"trial_id": tid, N.SILHOUETTE: sil, N.RECON_LOSS: loss, N.STATUS: status}
+    return FakeResult({**config, "seed": 0}, metrics)
+
+
+RESULTS = [
+    result("d1", DOC1, 0.14, 0.0078),
+    result("d2", DOC2, 0.26, 0.0112),
+    result("hi", {**DOC1, "latent_dim": 9}, 0.34, 0.0292),
+    result("knee", {**DOC2, "pca_dim": 8, "latent_dim": 52}, 0.337, 0.0104),
+    result("imp", {**DOC2, "pca_dim": 8, "latent_dim": 46}, 0.324, 0.0073),
+]
+POINTS = [("doc1-mlp", DOC1), ("doc2-conv", DOC2)]
+
+
+@pytest.mark.parametrize(("prefer", "winner"), [(True, "imp"), (False, "knee")])
+def test_winner_beats_the_documents_when_a_front_trial_does(tmp_path, prefer, winner):
+    s = report.summarise(RESULTS, tmp_path, points=POINTS, prefer_improvements=prefer)
+    assert s.trials.loc[s.winner, "trial_id"] == winner
+    assert list(s.trials.loc[s.trials["beats_points"], "trial_id"]) == ["imp"]
+    assert list(s.trials["point"]) == ["doc1-mlp", "doc2-conv", "", "", ""]
+    text = report.format_summary(s, None, "m", 1.0)
+    assert ("beat every starting point (doc1-mlp, doc2-conv)" in text) == prefer
+    assert (tmp_path / "all_trials.csv").read_text().splitlines()[0].count("beats_points") == 1
+
+
+def test_failed_documents_are_no_baseline(tmp_path):
+    failed = [result("d1", DOC1, float("nan"), float("nan"), "diverged"), *RESULTS[1:]]
+    s = report.summarise(failed, tmp_path, points=POINTS)
+    # Only doc2 counts, which the knee beats as well, and the knee is nearest the ideal point.
+    assert s.trials.loc[s.winner, "trial_id"] == "knee"
+    assert "beat every starting point (doc2-conv)" in report.format_summary(s, None, "m", 1.0)
