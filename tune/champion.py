@@ -38,7 +38,8 @@ class ClusterModel(mlflow.pyfunc.PythonModel):
         # The trial's PCA of the codes (config pca_dim), if it clustered a projection of them.
         self.pca = None
         if "pca_components" in arrays:
-            self.pca = (arrays["pca_mean"].astype(np.float64), arrays["pca_components"])
+            # (mean [latent_dim], components [pca_dim, latent_dim]) in predict's precision, once
+            self.pca = tuple(arrays[k].astype(np.float64) for k in ("pca_mean", "pca_components"))
         self.model = build_autoencoder(self.config, self.image_shape)
         self.model.load_state_dict(torch.load(d / MODEL_FILE, map_location="cpu"))
         self.model.eval()
@@ -57,7 +58,7 @@ class ClusterModel(mlflow.pyfunc.PythonModel):
             z = self.model.encode(torch.from_numpy(images)).double().numpy()
         if self.pca is not None:
             mean, components = self.pca
-            z = (z - mean) @ components.T.astype(np.float64)
+            z = (z - mean) @ components.T
         d = (z**2).sum(1)[:, None] - 2 * z @ self.centers.T + (self.centers**2).sum(1)[None, :]
         return d.argmin(axis=1).astype(np.int64)
 

@@ -149,11 +149,12 @@ def run_trial(
     z = {split: embed(model, xs) for split, xs in x.items()}
     for split in N.SPLITS:
         result[N.metric(split, "recon_loss")] = reconstruction_loss(model, x[split])
-    projection = fit_projection(config, z["train"].cpu().numpy())
+    z_train = z["train"].cpu().numpy()
+    projection = fit_projection(config, z_train)
     if projection is not None:  # from here on the clusterers and their scores see the projection
         z = {split: _project(projection, zs) for split, zs in z.items()}
-    result[N.CLUSTER_DIM] = float(z["train"].shape[1])
-    z_train = z["train"].cpu().numpy()
+        z_train = z["train"].cpu().numpy()
+    result[N.CLUSTER_DIM] = float(z_train.shape[1])
     clusterers = make_clusterers(config)
     labels: dict[str, dict[str, np.ndarray]] = {split: {} for split in N.SPLITS}
     for name, est in clusterers.items():
