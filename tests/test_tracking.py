@@ -10,7 +10,7 @@ import pytest
 
 from mlflow import MlflowClient
 from tune import names as N
-from tune.tracking import MLflowTrialLogger
+from tune.tracking import PARENT_TAG, SEARCH_TAG, TRIAL_TAG, MLflowTrialLogger
 
 EPOCHS = 60
 T0 = 1_795_000_000  # a Tune `timestamp` (whole seconds)
@@ -154,3 +154,20 @@ def test_a_failed_request_loses_and_doubles_nothing(store):
     run_id = run_trial_through(logger, rec, FakeTrial("t2"), every=7)
     assert_complete(uri, run_id)  # the retry logged every point once
     assert not logger.pending and not logger._waiting
+
+
+def test_a_run_left_without_params_gets_them_on_resume(store):
+    """A driver killed between creating a trial's run and logging its config (two requests) left a
+    run with no params; the resumed search's logger finds the run and completes its config."""
+    uri, exp, parent = store
+    trial = FakeTrial("t3")
+    client = MlflowClient(uri)
+    tags = {PARENT_TAG: parent, TRIAL_TAG: trial.trial_id, SEARCH_TAG: parent}
+    bare = client.create_run(exp, run_name=str(trial), tags=tags).info.run_id
+    client.log_param(bare, "lr", trial.config["lr"])  # one param did get there
+
+    logger = MLflowTrialLogger(uri, exp, parent)  # the resumed driver's
+    run_id = run_trial_through(logger, Recorder(logger), trial, every=7)
+    assert run_id == bare
+    assert client.get_run(run_id).data.params == {k: str(v) for k, v in trial.config.items()}
+    assert_complete(uri, run_id)

@@ -278,6 +278,7 @@ class MLflowTrialLogger(Callback):
             self.epochs_logged[run_id] = {(m.step, m.value) for m in history}
             if N.STATUS in found[0].data.tags:
                 self.final_logged.add(run_id)
+            logged = found[0].data.params
         else:
             run = self.client.create_run(
                 self.experiment_id,
@@ -289,9 +290,13 @@ class MLflowTrialLogger(Callback):
                 },
             )
             run_id = run.info.run_id
-            params = [Param(k, str(v)) for k, v in sorted(config.items())]
-            self.client.log_batch(run_id, params=params)
             self.epochs_logged[run_id] = set()
+            logged = {}
+        # Run and params are two requests: a driver killed between them leaves a run without
+        # its config, which the resumed search completes here (MLflow params are write-once).
+        params = [Param(k, str(v)) for k, v in sorted(config.items()) if k not in logged]
+        if params:
+            self.client.log_batch(run_id, params=params)
         self.run_ids[trial_id] = run_id
         return run_id
 
