@@ -8,6 +8,9 @@ bench/RESULTS.md.
 
     .venv/bin/python bench/bench_search.py                          # smoke (digits) + medium (Fashion-MNIST)
     .venv/bin/python bench/bench_search.py --only smoke
+    .venv/bin/python bench/bench_search.py --only smoke --num-samples 8 64
+        # two sizes: also the marginal overhead per extra trial, which the fixed start-up
+        # (imports, joining Ray, summary, champion model) does not enter
     .venv/bin/python bench/bench_search.py --from-search NAME --storage-path DIR --dataset fashion-mnist
         # replay the trials of an existing search (e.g. the default one) instead of running one
 """
@@ -113,6 +116,28 @@ def replay(label: str, storage: Path, name: str, dataset: str, search_s: float) 
     }
 
 
+def trials(row: dict) -> int:
+    return row["trials"]
+
+
+def marginal(case: str, small: dict, large: dict) -> dict:
+    """What the extra trials of the larger run cost, search vs direct: fixed costs cancel out."""
+    n = large["trials"] - small["trials"]
+    search_s = large["search_s"] - small["search_s"]
+    direct_s = large["direct_s"] - small["direct_s"]
+    mean = (large["mean_trial_s"] * large["trials"] - small["mean_trial_s"] * small["trials"]) / n
+    return {
+        "case": f"{case}, marginal ({small['trials']} -> {large['trials']})",
+        "trials": n,
+        "search_s": search_s,
+        "direct_s": direct_s,
+        "search_trials_per_h": 3600 * n / search_s,
+        "direct_trials_per_h": 3600 * n / direct_s,
+        "overhead": search_s / direct_s - 1,
+        "mean_trial_s": mean,
+    }
+
+
 def machine() -> str:
     import torch
 
@@ -134,6 +159,13 @@ def main() -> None:
     p.add_argument(
         "--from-search", help="replay this existing search (Tune experiment name) instead"
     )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        nargs="+",
+        help="trial counts to run each case with (default: the case's own); with two or more, "
+        "also the marginal overhead between the smallest and largest",
+    )
     p.add_argument("--storage-path", default=str(REPO / "ray_results"))
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument(
@@ -151,7 +183,16 @@ def main() -> None:
             )
         ]
     else:
-        rows = [run_case(c, **CASES[c]) for c in args.only]
+        rows = []
+        for c in args.only:
+            case = CASES[c]
+            runs = [
+                run_case(f"{c}-{n}" if args.num_samples else c, case["space"], case["dataset"], n)
+                for n in args.num_samples or [case["num_samples"]]
+            ]
+            rows += runs
+            if len(runs) > 1:
+                rows.append(marginal(c, min(runs, key=trials), max(runs, key=trials)))
     lines = [
         f"\n## Search throughput and overhead ({time.strftime('%Y-%m-%d %H:%M')})\n",
         f"Machine: {machine()}. 2 concurrent trials, 1 CPU each; direct = the same configs through "
