@@ -103,16 +103,20 @@ def replay(label: str, storage: Path, name: str, dataset: str, search_s: float) 
     with ProcessPoolExecutor(max_workers=2) as pool:
         per_trial = list(pool.map(direct_trial, [(c, dataset) for c in configs]))
     direct_s = time.perf_counter() - start
-    n = len(configs)
+    return row(label, len(configs), search_s, direct_s, sum(per_trial) / len(configs))
+
+
+def row(case: str, n: int, search_s: float, direct_s: float, mean_trial_s: float) -> dict:
+    """One table row: n trials took search_s through the search and direct_s called directly."""
     return {
-        "case": label,
+        "case": case,
         "trials": n,
         "search_s": search_s,
         "direct_s": direct_s,
         "search_trials_per_h": 3600 * n / search_s,
         "direct_trials_per_h": 3600 * n / direct_s,
         "overhead": search_s / direct_s - 1,
-        "mean_trial_s": sum(per_trial) / n,
+        "mean_trial_s": mean_trial_s,
     }
 
 
@@ -123,19 +127,14 @@ def trials(row: dict) -> int:
 def marginal(case: str, small: dict, large: dict) -> dict:
     """What the extra trials of the larger run cost, search vs direct: fixed costs cancel out."""
     n = large["trials"] - small["trials"]
-    search_s = large["search_s"] - small["search_s"]
-    direct_s = large["direct_s"] - small["direct_s"]
     mean = (large["mean_trial_s"] * large["trials"] - small["mean_trial_s"] * small["trials"]) / n
-    return {
-        "case": f"{case}, marginal ({small['trials']} -> {large['trials']})",
-        "trials": n,
-        "search_s": search_s,
-        "direct_s": direct_s,
-        "search_trials_per_h": 3600 * n / search_s,
-        "direct_trials_per_h": 3600 * n / direct_s,
-        "overhead": search_s / direct_s - 1,
-        "mean_trial_s": mean,
-    }
+    return row(
+        f"{case}, marginal ({small['trials']} -> {large['trials']})",
+        n,
+        large["search_s"] - small["search_s"],
+        large["direct_s"] - small["direct_s"],
+        mean,
+    )
 
 
 def machine() -> str:
