@@ -154,9 +154,14 @@ def test_cuda_graph_training_matches_eager_and_resumes(digits, cfg, monkeypatch)
         kw = {"lr": 3e-3, "weight_decay": 1e-6, "batch_size": 32, "seed": 0, **kw}
         return model, train_autoencoder(model, x_tr, x_val, epochs=epochs, **kw)
 
+    replays = []
+    replay = torch.cuda.CUDAGraph.replay
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", lambda g: replays.append(1) or replay(g))
     eager, eager_hist = run(False)
+    assert not replays
     graphed, graphed_hist = run(True)
     assert len(x_tr) % 32  # the last, shorter batch of each epoch runs eagerly
+    assert len(replays) == 3 * (len(x_tr) // 32)  # every full batch of the 3 epochs, replayed
     # Same updates in the same order; cuBLAS/cuDNN may pick other kernels under capture, so the
     # float sums can differ in the last bits (a first H100 run saw 2e-5 relative on the conv).
     for a, b in zip(eager_hist, graphed_hist, strict=True):
@@ -177,3 +182,58 @@ def test_cuda_graph_training_matches_eager_and_resumes(digits, cfg, monkeypatch)
     assert resumed_hist == graphed_hist
     for p, q in zip(graphed.state_dict().values(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+class CountingStep:
+    """Stands in for GraphedStep on the CPU: runs the captured body for every batch, counting."""
+
+    calls = 0
+
+    def __init__(self, body, x_train, batch_size, model, opt, flat) -> None:
+        self.body = body
+
+    def __call__(self, index):
+        CountingStep.calls += 1
+        self.body(index)
+
+
+class FailingCapture:
+    """A capture that fails after its warm-up steps moved weights, Adam, RNG and the loss sum."""
+
+    def __init__(self, body, x_train, batch_size, model, opt, flat) -> None:
+        for _ in range(3):
+            body(torch.arange(batch_size))
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+
+@pytest.mark.parametrize("cfg", [PLAIN_MLP, MLP], ids=["plain-mlp", "mlp-bn-dropout"])
+def test_graph_step_is_wired_in_and_a_failed_capture_falls_back_to_eager(
+    digits, cfg, monkeypatch, caplog
+):
+    """Where CUDA graphs apply, every batch goes through the captured step (the graph); a capture
+    that fails leaves no trace: training is bit for bit the eager one."""
+    import tune.training as training
+
+    x_tr, x_val = digits
+
+    def run(step_class=None):
+        if step_class is not None:
+            monkeypatch.setattr(training, "use_cuda_graph", lambda x: True)
+            monkeypatch.setattr(training, "GraphedStep", step_class)
+        torch.manual_seed(0)
+        model = build_autoencoder(cfg, (8, 8))
+        kw = {"lr": 3e-3, "weight_decay": 1e-6, "batch_size": 32, "seed": 0, "epochs": 2}
+        return model, train_autoencoder(model, x_tr, x_val, **kw)
+
+    eager, eager_hist = run()
+    CountingStep.calls = 0
+    graphed, graphed_hist = run(CountingStep)
+    assert CountingStep.calls == 2 * math.ceil(len(x_tr) / 32)
+    assert graphed_hist == eager_hist
+    with caplog.at_level("WARNING", logger="tune.training"):
+        fallback, fallback_hist = run(FailingCapture)
+    assert "CUDA graph capture failed" in caplog.text
+    assert fallback_hist == eager_hist
+    for model in (graphed, fallback):
+        for p, q in zip(eager.state_dict().values(), model.state_dict().values(), strict=True):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)

@@ -9,6 +9,7 @@ dominates on a CPU.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -17,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.adam import adam
 
 from tune.mlp_step import MLPStep
+
+log = logging.getLogger(__name__)
 
 EVAL_BATCH = 512  # inference batch: larger ones fall out of cache for conv models on the CPU
 # On CUDA, replay each training step as one CUDA graph (set to 0 to run the steps eagerly).
@@ -82,33 +84,36 @@ def use_channels_last(model: nn.Module) -> nn.Module:
 
 
 def adam_step(opt: torch.optim.Adam, flat: nn.Parameter) -> None:
-    """`opt.step()` for the one flat parameter, minus Optimizer.step's per-call bookkeeping.
+    """`opt.step()` for the one flat parameter, minus the per-call bookkeeping around the kernel.
 
-    At batch 32 that bookkeeping (hooks, profiler scope, state checks) costs more than the fused
-    kernel itself; this calls the same functional update (`torch.optim.adam.adam`) with the same
-    state tensors, so the result is identical.
+    At batch 32, Optimizer.step's hooks, profiler scope and state checks and the functional
+    wrapper's grouping by device cost more than the fused kernel itself on a CPU; this does what
+    they end in (step += 1, then the fused Adam kernel) with the same state tensors, so the result
+    is identical to opt.step() (tests/test_training.py checks it bit for bit). Also capturable in
+    a CUDA graph: the step count lives on the device.
     """
     state = opt.state.get(flat)
     if not state:  # the first step creates the state
         opt.step()
         return
     g = opt.param_groups[0]
-    adam(
+    state["step"].add_(1)
+    torch._fused_adam_(
         [flat],
         [flat.grad],
         [state["exp_avg"]],
         [state["exp_avg_sq"]],
         [],
         [state["step"]],
-        foreach=False,
-        fused=True,
         amsgrad=False,
+        lr=g["lr"],
         beta1=g["betas"][0],
         beta2=g["betas"][1],
-        lr=g["lr"],
         weight_decay=g["weight_decay"],
         eps=g["eps"],
         maximize=False,
+        grad_scale=None,
+        found_inf=None,
     )
 
 
@@ -189,13 +194,41 @@ class GraphedStep:
             self.body(index)
 
 
+def use_cuda_graph(x_train: torch.Tensor) -> bool:
+    """Replay training steps as CUDA graphs: on CUDA unless CLUSTERTUNE_CUDA_GRAPHS=0."""
+    return x_train.is_cuda and CUDA_GRAPHS
+
+
+def graphed_or_eager(
+    body: Callable[[torch.Tensor], None],
+    x_train: torch.Tensor,
+    batch_size: int,
+    model: nn.Module,
+    opt: torch.optim.Adam,
+    flat: nn.Parameter,
+) -> Callable[[torch.Tensor], None]:
+    """`body` captured as a GraphedStep, or `body` itself (with a warning) where capture fails,
+    e.g. for an op that cannot be captured: training is then eager and otherwise unchanged."""
+    _init_adam_state(opt, flat)  # capture needs Adam's state tensors to exist already
+    saved = _snapshot(model, opt, flat)
+    try:
+        return GraphedStep(body, x_train, batch_size, model, opt, flat)
+    except Exception as e:  # noqa: BLE001 - any capture failure: run the same steps eagerly
+        if x_train.is_cuda:  # the warm-up ran on a side stream
+            torch.cuda.synchronize(x_train.device)
+        _restore(saved, model, opt, flat)
+        log.warning("CUDA graph capture failed (%s); training with eager steps", e)
+        return body
+
+
 def _snapshot(model: nn.Module, opt: torch.optim.Adam, flat: nn.Parameter) -> dict[str, Any]:
     state = opt.state[flat]
     return {
         "flat": flat.detach().clone(),
         "buffers": [b.detach().clone() for b in model.buffers()],
         "adam": {k: v.clone() for k, v in state.items()},
-        "cuda_rng": torch.cuda.get_rng_state(),
+        # the training device's RNG (dropout)
+        "rng": torch.cuda.get_rng_state(flat.device) if flat.is_cuda else torch.get_rng_state(),
     }
 
 
@@ -206,7 +239,10 @@ def _restore(saved: dict[str, Any], model: nn.Module, opt: torch.optim.Adam, fla
             b.copy_(v)
         for k, v in saved["adam"].items():
             opt.state[flat][k].copy_(v)
-    torch.cuda.set_rng_state(saved["cuda_rng"])
+    if flat.is_cuda:
+        torch.cuda.set_rng_state(saved["rng"], flat.device)
+    else:
+        torch.set_rng_state(saved["rng"])
 
 
 def _init_adam_state(opt: torch.optim.Adam, flat: nn.Parameter) -> None:
@@ -273,19 +309,27 @@ def train_autoencoder(
 
     fast_step = MLPStep.for_model(model)  # closed-form gradients for the plain MLP, else autograd
     n = len(x_train)
+    total = torch.zeros((), device=x_train.device)  # the epoch's summed loss (one tensor: graphs)
+
+    def body(index: torch.Tensor) -> None:
+        xb = x_train[index]
+        if fast_step is not None:
+            loss = fast_step(xb)
+        else:
+            loss = nn.functional.mse_loss(model(xb), xb)
+            flat.grad.zero_()
+            loss.backward()
+        adam_step(opt, flat)
+        total.add_(loss.detach(), alpha=len(index))  # no .item() per step: it would sync a GPU
+
+    step = body
+    if use_cuda_graph(x_train) and n >= batch_size:
+        step = graphed_or_eager(body, x_train, batch_size, model, opt, flat)
     for epoch in range(len(history) + 1, epochs + 1):
         order = torch.randperm(n, generator=gen).to(x_train.device)
-        total = torch.zeros((), device=x_train.device)
+        total.zero_()
         for start in range(0, n, batch_size):
-            xb = x_train[order[start : start + batch_size]]
-            if fast_step is not None:
-                loss = fast_step(xb)
-            else:
-                loss = nn.functional.mse_loss(model(xb), xb)
-                flat.grad.zero_()
-                loss.backward()
-            adam_step(opt, flat)
-            total.add_(loss.detach(), alpha=len(xb))  # no .item() per step: it would sync a GPU
+            step(order[start : start + batch_size])
         train_loss = total.item() / n
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss is {train_loss} at epoch {epoch} (lr={lr})", epoch)
