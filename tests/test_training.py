@@ -189,7 +189,7 @@ class CountingStep:
 
     calls = 0
 
-    def __init__(self, body, x_train, batch_size, model, opt, flat) -> None:
+    def __init__(self, body, batch_size, device) -> None:
         self.body = body
 
     def __call__(self, index):
@@ -200,7 +200,7 @@ class CountingStep:
 class FailingCapture:
     """A capture that fails after its warm-up steps moved weights, Adam, RNG and the loss sum."""
 
-    def __init__(self, body, x_train, batch_size, model, opt, flat) -> None:
+    def __init__(self, body, batch_size, device) -> None:
         for _ in range(3):
             body(torch.arange(batch_size))
         raise RuntimeError("operation not permitted when stream is capturing")

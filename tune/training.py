@@ -158,23 +158,16 @@ class GraphedStep:
     At batch 32 a GPU step is a few dozen tiny kernels and the launch overhead dominates (about
     0.6 ms per MLP step and 2.8 ms per conv step on an H100, bench/RESULTS.md); a graph replays them
     with one launch. Only full batches are replayed: the epoch's last, shorter batch runs eagerly
-    through the same `body`. Capturing needs warm-up steps, which would move the weights, Adam's
-    state, batch-norm statistics and the RNG: all of it is snapshotted first and restored after,
-    so training is the same sequence of updates as without the graph.
+    through the same `body`. Capturing needs warm-up steps, which move the weights, Adam's state,
+    batch-norm statistics and the RNG: `graphed_or_eager` snapshots all of it first and restores
+    it after, so training is the same sequence of updates as without the graph.
     """
 
     def __init__(
-        self,
-        body: Callable[[torch.Tensor], None],
-        x_train: torch.Tensor,
-        batch_size: int,
-        model: nn.Module,
-        opt: torch.optim.Adam,
-        flat: nn.Parameter,
+        self, body: Callable[[torch.Tensor], None], batch_size: int, device: torch.device
     ) -> None:
         self.body = body
-        self.idx = torch.zeros(batch_size, dtype=torch.long, device=x_train.device)
-        saved = _snapshot(model, opt, flat)
+        self.idx = torch.zeros(batch_size, dtype=torch.long, device=device)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
@@ -184,7 +177,6 @@ class GraphedStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             body(self.idx)
-        _restore(saved, model, opt, flat)
 
     def __call__(self, index: torch.Tensor) -> None:
         if len(index) == len(self.idx):
@@ -208,17 +200,19 @@ def graphed_or_eager(
     flat: nn.Parameter,
 ) -> Callable[[torch.Tensor], None]:
     """`body` captured as a GraphedStep, or `body` itself (with a warning) where capture fails,
-    e.g. for an op that cannot be captured: training is then eager and otherwise unchanged."""
+    e.g. for an op that cannot be captured. Either way the state the warm-up and capture steps
+    moved is restored, so training is unchanged."""
     _init_adam_state(opt, flat)  # capture needs Adam's state tensors to exist already
     saved = _snapshot(model, opt, flat)
     try:
-        return GraphedStep(body, x_train, batch_size, model, opt, flat)
+        step = GraphedStep(body, batch_size, x_train.device)
     except Exception as e:  # noqa: BLE001 - any capture failure: run the same steps eagerly
-        if x_train.is_cuda:  # the warm-up ran on a side stream
-            torch.cuda.synchronize(x_train.device)
-        _restore(saved, model, opt, flat)
         log.warning("CUDA graph capture failed (%s); training with eager steps", e)
-        return body
+        step = body
+    if x_train.is_cuda:  # the warm-up ran on a side stream
+        torch.cuda.synchronize(x_train.device)
+    _restore(saved, model, opt, flat)
+    return step
 
 
 def _snapshot(model: nn.Module, opt: torch.optim.Adam, flat: nn.Parameter) -> dict[str, Any]:
