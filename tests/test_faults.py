@@ -874,7 +874,9 @@ def test_tracking_server_outage_loses_nothing(searches, tmp_path):
     try:
         space = points_space(
             tmp_path / "space.yaml",
-            {f"p{i}": {"epochs": 150, "batch_size": 16, "latent_dim": 2 + i} for i in range(3)},
+            # long enough (~6 s a trial) that the time to the first logged report (~2 s) is
+            # well under half of it, however fast a step is
+            {f"p{i}": {"epochs": 300, "batch_size": 16, "latent_dim": 2 + i} for i in range(3)},
         )
         exp_dir = tmp_path / "ray" / "outage"
         args = ["--space", str(space), "--dataset", "digits", "--max-concurrent", "3"]
