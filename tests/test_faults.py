@@ -560,9 +560,11 @@ def test_killed_driver_resumes_to_the_asked_trials(searches, tmp_path):
             **{k: v for k, v in BASE.items() if k not in ("latent_dim", "mlp_width_1", "epochs")},
             "latent_dim": {"type": "int", "low": 2, "high": 8},
             "mlp_width_1": {"type": "int", "low": 8, "high": 32},
-            "epochs": 6,
+            # ~1 s a trial: the search must outlast a few of Tune's 2-s state saves, however
+            # fast a step is (at 6 epochs a clean-clone run finished before any save)
+            "epochs": 40,
         },
-        "points_to_evaluate": [{"name": "first", "config": {**BASE, "epochs": 6}}],
+        "points_to_evaluate": [{"name": "first", "config": {**BASE, "epochs": 40}}],
     }
     space.write_text(yaml.safe_dump(doc, sort_keys=False))
     uri = f"sqlite:///{tmp_path}/m.db"
@@ -606,7 +608,7 @@ def test_killed_driver_resumes_to_the_asked_trials(searches, tmp_path):
     assert all(t.state.name == "COMPLETE" for t in study.trials)
     configs = [json.dumps(rows[0]["config"], sort_keys=True) for rows in trials.values()]
     assert len(set(configs)) == 6
-    point = {**BASE, "epochs": 6}
+    point = {**BASE, "epochs": 40}
     assert (
         sum(all(rows[0]["config"][k] == v for k, v in point.items()) for rows in trials.values())
         == 1
