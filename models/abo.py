@@ -194,16 +194,19 @@ class ABOClusterer(ClusterMixin, BaseEstimator):
     epochs : passes over the data (document: 200).
     batch_size : minibatch size (document: 32); None = full batch.
     temperature : softmax temperature T of q = softmax(-d / T) (document: 1).
-    init : "farthest" (the document: the k points farthest from the mean) or "k-means++". The
-        document's rule often puts several centres in one outlying cluster, and a centre far from
-        every point gets no gradient, so it stays dead; k-means++ seeding avoids that.
+    init : "farthest" (the document: the k points farthest from the mean), "k-means++", or an
+        array [k, d] of starting centres (with epochs=0: centres trained elsewhere, e.g. jointly
+        with the encoder by tune/finetune.py). The document's rule often puts several centres in
+        one outlying cluster, and a centre far from every point gets no gradient, so it stays
+        dead; k-means++ seeding avoids that.
     random_state : seed of the per-epoch shuffles (and of k-means++ seeding).
     max_steps : optional cap on the number of Adam steps (None = all epochs).
 
     Attributes
     ----------
     cluster_centers_ : [k, d] float32. labels_ : [n] int64 (argmax q on the training data).
-    loss_history_ : per-epoch mean batch loss. n_iter_ : Adam steps taken. init_indices_ : [k].
+    loss_history_ : per-epoch mean batch loss. n_iter_ : Adam steps taken. init_indices_ : [k]
+    (with a string init).
     """
 
     def __init__(
@@ -232,16 +235,24 @@ class ABOClusterer(ClusterMixin, BaseEstimator):
             raise ValueError(f"n_clusters={self.n_clusters} must be in [1, n_samples={n_samples}]")
         if self.lr <= 0 or self.epochs < 0 or self.temperature <= 0:
             raise ValueError("lr and temperature must be > 0 and epochs >= 0")
-        if self.init not in INITS:
-            raise ValueError(f"init={self.init!r}: expected one of {INITS}")
+        if isinstance(self.init, str) and self.init not in INITS:
+            raise ValueError(f"init={self.init!r}: expected one of {INITS} or an array of centres")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1 or None")
 
     def fit(self, X, y=None) -> ABOClusterer:
         X = _as_numpy(X)
         self._check_params(len(X))
-        self.init_indices_ = initial_indices(X, self.n_clusters, self.init, self.random_state)
-        C = X[self.init_indices_].astype(np.float64)
+        if isinstance(self.init, str):
+            self.init_indices_ = initial_indices(X, self.n_clusters, self.init, self.random_state)
+            C = X[self.init_indices_].astype(np.float64)
+        else:  # given centres, as KMeans(init=array): e.g. ones trained jointly with the encoder
+            C = np.array(self.init, dtype=np.float64)
+            if C.shape != (self.n_clusters, X.shape[1]):
+                raise ValueError(
+                    f"init has shape {C.shape}, expected (n_clusters, n_features) = "
+                    f"({self.n_clusters}, {X.shape[1]})"
+                )
         m, v = np.zeros_like(C), np.zeros_like(C)
         bs = int(self.batch_size or len(X))
         max_steps = self.max_steps if self.max_steps is not None else np.iinfo(np.int64).max

@@ -732,7 +732,7 @@ def test_degenerate_clusterings_are_nan_tagged_and_off_the_front(faulty_search):
     assert run.data.tags[N.DEGENERATE_CLUSTERERS] == "abo,kmeans"
     assert math.isnan(run.data.metrics[N.SILHOUETTE])
     for c in N.CLUSTERERS:
-        assert run.data.metrics[N.metric("val", "n_clusters", c)] == 1
+        assert run.data.metrics[N.metric("val", N.CLUSTERS_USED, c)] == 1
         for m in N.CLUSTER_METRICS:
             assert math.isnan(run.data.metrics[N.metric("val", m, c)])
     assert math.isfinite(run.data.metrics[N.RECON_LOSS])

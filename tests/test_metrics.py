@@ -246,8 +246,8 @@ def test_cluster_scores_structure_and_values():
     for name, labels in labelings.items():
         row = scores[name]
         assert tuple(row) == CLUSTER_SCORE_KEYS
-        assert isinstance(row["n_clusters"], int)
-        assert row["n_clusters"] == len(np.unique(labels))
+        assert isinstance(row["clusters_used"], int)
+        assert row["clusters_used"] == len(np.unique(labels))
         if name == "collapsed":
             assert row["degenerate"] == 1.0
             assert all(math.isnan(row[m]) for m in CLUSTER_METRICS)

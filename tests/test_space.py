@@ -31,7 +31,8 @@ DOC1 = {
     "weight_decay": 1e-8,
     "batch_size": 32,
     "epochs": 20,
-    "pca_dim": None,
+    "finetune": "none",
+    "reduction": "none",
     "n_clusters": 10,
     "abo_lr": 0.1,
     "abo_epochs": 200,
@@ -51,7 +52,8 @@ DOC2 = {
     "weight_decay": 0.0,
     "batch_size": 256,
     "epochs": 10,
-    "pca_dim": None,
+    "finetune": "none",
+    "reduction": "none",
     "n_clusters": 10,
     "abo_lr": 0.1,
     "abo_epochs": 200,
@@ -59,6 +61,29 @@ DOC2 = {
     "abo_temperature": 1.0,
     "abo_init": "farthest",
     "kmeans_n_init": 10,
+}
+
+
+# The stages' own keys, added to DOC1 to make a config with that stage.
+FT_COMMON = {
+    "finetune_epochs": 5,
+    "finetune_lr": 1e-3,
+    "finetune_batch_size": 256,
+    "finetune_gamma": 0.1,
+}
+FT_DEC = {"finetune": "dec", **FT_COMMON, "dec_update_interval": 140, "dec_tol": 0.001}
+FT_ABO = {
+    "finetune": "abo",
+    **FT_COMMON,
+    "finetune_temperature_start": 10.0,
+    "finetune_temperature_end": 0.1,
+}
+UMAP = {
+    "reduction": "umap",
+    "umap_dim": 10,
+    "umap_n_neighbors": 20,
+    "umap_min_dist": 0.0,
+    "umap_fit_size": 10000,
 }
 
 
@@ -227,8 +252,38 @@ def test_validate_config_normalises() -> None:
         ({"weight_decay": -1.0}, "weight_decay", "expected a float >= 0, got -1.0"),
         ({"n_clusters": 1}, "n_clusters", "expected an int >= 2, got 1"),
         ({"abo_batch_size": 0}, "abo_batch_size", "expected an int >= 1 or null, got 0"),
-        ({"pca_dim": 0}, "pca_dim", "expected an int >= 1 or null, got 0"),
-        ({"pca_dim": "DELETE"}, "pca_dim", "missing required key pca_dim for arch mlp"),
+        ({"pca_dim": 0}, "pca_dim", "expected an int >= 1, got 0"),
+        ({"pca_dim": 8}, "pca_dim", "pca_dim is not used by reduction none"),
+        ({"reduction": "pca"}, "pca_dim", "missing required key pca_dim for reduction pca"),
+        ({"reduction": "tsne"}, "reduction", "expected one of none, pca, umap, got str 'tsne'"),
+        ({"reduction": "DELETE"}, "reduction", "missing required key reduction for arch mlp"),
+        ({"finetune": "DELETE"}, "finetune", "missing required key finetune for arch mlp"),
+        ({"finetune": "dkm"}, "finetune", "expected one of none, abo, dec, got str 'dkm'"),
+        (
+            {"finetune": "abo"},
+            "finetune_epochs",
+            "missing required key finetune_epochs for finetune abo",
+        ),
+        ({"finetune_gamma": 0.1}, "finetune_gamma", "finetune_gamma is not used by finetune none"),
+        ({**FT_DEC, "finetune_gamma": 0.0}, "finetune_gamma", "expected a float > 0, got 0.0"),
+        ({**FT_DEC, "dec_tol": 1.0}, "dec_tol", "expected a float in [0, 1), got 1.0"),
+        (
+            {**FT_DEC, "dec_update_interval": 0},
+            "dec_update_interval",
+            "expected an int >= 1, got 0",
+        ),
+        (
+            {**FT_DEC, "finetune_temperature_end": 0.1},
+            "finetune_temperature_end",
+            "finetune_temperature_end is not used by finetune dec",
+        ),
+        ({**FT_ABO, "finetune_temperature_start": -1.0}, "finetune_temperature_start", "> 0"),
+        ({**FT_ABO, "finetune_temperature_end": "DELETE"}, "finetune_temperature_end", "missing"),
+        ({**UMAP, "umap_n_neighbors": 1}, "umap_n_neighbors", "expected an int >= 2, got 1"),
+        ({**UMAP, "umap_min_dist": -0.1}, "umap_min_dist", "expected a float >= 0, got -0.1"),
+        ({**UMAP, "umap_dim": 2.5}, "umap_dim", "expected an int >= 1, got float 2.5"),
+        ({**UMAP, "umap_fit_size": "DELETE"}, "umap_fit_size", "missing required key umap_fit"),
+        ({"umap_dim": 2}, "umap_dim", "umap_dim is not used by reduction none"),
         ({"mlp_batch_norm": 0}, "mlp_batch_norm", "expected a bool, got int 0"),
         ({"mlp_activation": "swish"}, "mlp_activation", "expected one of relu, leaky_relu"),
         ({"arch": "rnn"}, "arch", "expected one of mlp, conv, got str 'rnn'"),
@@ -250,7 +305,7 @@ def test_validate_config_errors(change: dict[str, Any], key: str, reason: str) -
     config = dict(DOC1)
     for k, v in change.items():
         if v == "DELETE":
-            del config[k]
+            config.pop(k, None)  # a stage's key: DELETE stands for leaving it out
         else:
             config[k] = v
     with pytest.raises(SpaceError) as info:
@@ -259,6 +314,14 @@ def test_validate_config_errors(change: dict[str, Any], key: str, reason: str) -
     assert (err.source, err.key) == ("trial 7", key)
     assert reason in err.reason
     assert str(err) == f"trial 7: {key}: {err.reason}" and "\n" not in str(err)
+
+
+@pytest.mark.parametrize(
+    "stage", [FT_DEC, FT_ABO, UMAP, {**FT_ABO, **UMAP}, {"reduction": "pca", "pca_dim": 8}]
+)
+def test_validate_config_accepts_each_stage(stage: dict[str, Any]) -> None:
+    out = validate_config(dict(DOC1, **stage))
+    assert {k: out[k] for k in stage} == stage
 
 
 def test_validate_config_conv_depth_decides_channels() -> None:
@@ -328,7 +391,8 @@ def minimal_space() -> dict[str, Any]:
             "weight_decay": {"type": "categorical", "choices": [0.0, 1.0e-8]},
             "batch_size": 32,
             "epochs": {"type": "int", "low": 1, "high": 3},
-            "pca_dim": None,
+            "finetune": "none",
+            "reduction": "none",
             "n_clusters": 10,
             "abo_lr": 0.1,
             "abo_epochs": 5,
@@ -369,7 +433,7 @@ POINT = {
     "name": "p",
     "config": {
         "arch": "conv", "conv_depth": 1, "conv_channels_1": 4, "latent_dim": 8, "dropout": 0.1,
-        "lr": 0.001, "weight_decay": 0.0, "batch_size": 32, "epochs": 2, "pca_dim": None, "n_clusters": 10,
+        "lr": 0.001, "weight_decay": 0.0, "batch_size": 32, "epochs": 2, "finetune": "none", "reduction": "none", "n_clusters": 10,
         "abo_lr": 0.1, "abo_epochs": 5, "abo_batch_size": None, "abo_temperature": 1.0, "abo_init": "farthest",
         "kmeans_n_init": 10,
     },

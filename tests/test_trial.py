@@ -1,8 +1,9 @@
-"""One trial through `run_trial`: the clustering space (pca_dim), its scores and the served model.
+"""One trial through `run_trial`: the clustering space (PCA, UMAP), the fine-tuning stages, their
+scores and the served model.
 
 The served model (tune/champion.py's pyfunc) must label images exactly as the trial did, so its
 labels are checked against the trial's own test metrics, and the trial's silhouette against
-scikit-learn's on the codes projected as the served model projects them.
+scikit-learn's on the codes reduced as the served model reduces them.
 """
 
 from types import SimpleNamespace
@@ -15,7 +16,8 @@ from sklearn.metrics import normalized_mutual_info_score, silhouette_score
 from tune import names as N
 from tune.champion import ClusterModel
 from tune.data import load_dataset
-from tune.trial import CLUSTERERS_FILE, run_trial
+from tune.reduction import apply_reduction, fit_reduction
+from tune.trial import CLUSTERERS_FILE, REDUCTION_FILE, run_trial
 
 CONFIG = {
     "arch": "mlp",
@@ -29,6 +31,8 @@ CONFIG = {
     "weight_decay": 0.0,
     "batch_size": 32,
     "epochs": 3,
+    "finetune": "none",
+    "reduction": "pca",
     "pca_dim": 3,
     "n_clusters": 10,
     "abo_lr": 0.1,
@@ -52,14 +56,68 @@ def served(out_dir) -> ClusterModel:
     return model
 
 
-@pytest.mark.parametrize("pca_dim", [3, 5])
-def test_clusterers_work_in_the_pca_space_and_the_served_model_agrees(digits, tmp_path, pca_dim):
-    result = run_trial({**CONFIG, "pca_dim": pca_dim}, digits, device="cpu", out_dir=tmp_path)
+PCA = {"reduction": "pca", "pca_dim": 3}
+UMAP = {
+    "reduction": "umap",
+    "umap_dim": 4,
+    "umap_n_neighbors": 15,
+    "umap_min_dist": 0.0,
+    "umap_fit_size": 600,  # a subsample of the 1197 train codes: the rest go through transform
+}
+NONE = {"reduction": "none"}
+FT = {"finetune_epochs": 2, "finetune_lr": 1e-3, "finetune_batch_size": 64, "finetune_gamma": 0.1}
+ABO = {
+    "finetune": "abo",
+    **FT,
+    "finetune_temperature_start": 5.0,
+    "finetune_temperature_end": 0.5,
+}
+DEC = {"finetune": "dec", **FT, "dec_update_interval": 10, "dec_tol": 0.001}
+
+
+def config_with(*stages: dict) -> dict:
+    config = {k: v for k, v in CONFIG.items() if k != "pca_dim"}
+    for stage in stages:
+        config.update(stage)
+    return config
+
+
+def reduced_codes(model: ClusterModel, images: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
+    with torch.no_grad():
+        z = model.model.encode(x).numpy()
+    return z if model.reducer is None else model.reducer.transform(z)
+
+
+@pytest.mark.parametrize(
+    ("stages", "dim"),
+    [
+        ((PCA,), 3),
+        ((UMAP,), 4),
+        ((ABO, NONE), 8),
+        ((DEC, PCA), 3),
+        ((ABO, UMAP), 4),
+        ((DEC, UMAP), 4),
+    ],
+    ids=["pca", "umap", "abo", "dec+pca", "abo+umap", "dec+umap"],
+)
+def test_each_stage_round_trips_through_the_served_model(digits, tmp_path, stages, dim):
+    config = config_with(*stages)
+    result = run_trial(config, digits, device="cpu", out_dir=tmp_path)
     assert result[N.STATUS] == "ok"
-    assert result[N.CLUSTER_DIM] == pca_dim
+    assert result[N.CLUSTER_DIM] == dim
     arrays = np.load(tmp_path / CLUSTERERS_FILE)
-    assert arrays["pca_components"].shape == (pca_dim, CONFIG["latent_dim"])
-    assert arrays["kmeans"].shape == arrays["abo"].shape == (10, pca_dim)
+    # KMeans clusters the reduced codes; ABO too, unless its centres were trained with the encoder
+    assert arrays["kmeans"].shape == (10, dim)
+    abo_dim = 8 if config["finetune"] == "abo" else dim
+    assert arrays["abo"].shape == (10, abo_dim)
+    for stage in N.STAGES:
+        if stage != "finetune" or config["finetune"] != "none":
+            assert result[N.stage_seconds(stage)] >= 0.0, stage
+    if config["finetune"] != "none":
+        assert result["finetune/epochs_run"] >= 1
+    if config["finetune"] == "abo":  # ABO's labels are the jointly trained centres': no own fit
+        assert result["abo/n_iter"] == 0
 
     model = served(tmp_path)
     best = result[N.BEST_CLUSTERER]
@@ -67,31 +125,68 @@ def test_clusterers_work_in_the_pca_space_and_the_served_model_agrees(digits, tm
     labels = model.predict(None, digits.x_test)
     nmi = normalized_mutual_info_score(digits.y_test, labels)
     assert nmi == pytest.approx(result[N.metric("test", "nmi", best)], abs=1e-9)
-    # The objective is scikit-learn's silhouette of those labels in the projected space.
-    images = torch.from_numpy(digits.x_val.astype(np.float32) / 255.0)[:, None]
-    with torch.no_grad():
-        z = model.model.encode(images).double().numpy()
-    mean, components = model.pca
-    projected = (z - mean) @ components.T
+    # The objective is scikit-learn's silhouette of those labels in the space the clusterer saw...
     val_labels = model.predict(None, digits.x_val)
-    assert silhouette_score(projected, val_labels) == pytest.approx(result[N.SILHOUETTE], abs=1e-5)
+    seen = reduced_codes(model, digits.x_val)
+    assert silhouette_score(seen, val_labels) == pytest.approx(result[N.SILHOUETTE], abs=1e-5)
+    # ...and latent_silhouette the same labels' silhouette in the autoencoder's own space.
+    x = torch.from_numpy(digits.x_val.astype(np.float32) / 255.0)[:, None]
+    with torch.no_grad():
+        latent = model.model.encode(x).numpy()
+    assert silhouette_score(latent, val_labels) == pytest.approx(
+        result[N.metric("val", N.LATENT_SILHOUETTE, best)], abs=1e-5
+    )
 
 
-@pytest.mark.parametrize("pca_dim", [None, 8, 20])
-def test_no_projection_when_null_or_every_component_is_kept(digits, tmp_path, pca_dim):
+@pytest.mark.parametrize(
+    "stages",
+    [(NONE,), ({"reduction": "pca", "pca_dim": 8},), ({"reduction": "pca", "pca_dim": 20},)],
+)
+def test_no_projection_when_none_or_every_component_is_kept(digits, tmp_path, stages):
     # pca_dim >= latent_dim would only rotate the codes: no distance, label or score changes.
-    result = run_trial({**CONFIG, "pca_dim": pca_dim}, digits, device="cpu", out_dir=tmp_path)
+    result = run_trial(config_with(*stages), digits, device="cpu", out_dir=tmp_path)
     assert result[N.CLUSTER_DIM] == CONFIG["latent_dim"]
-    assert "pca_components" not in np.load(tmp_path / CLUSTERERS_FILE)
-    assert served(tmp_path).pca is None
+    assert not (tmp_path / REDUCTION_FILE).exists()
+    assert served(tmp_path).reducer is None
+    for split in N.SPLITS:
+        for c in N.CLUSTERERS:
+            assert (
+                result[N.metric(split, N.LATENT_SILHOUETTE, c)]
+                == result[N.metric(split, "silhouette", c)]
+            )
 
 
 def test_projection_changes_the_scores_not_the_autoencoder(digits):
-    plain = run_trial({**CONFIG, "pca_dim": None}, digits, device="cpu")
-    projected = run_trial({**CONFIG, "pca_dim": 2}, digits, device="cpu")
+    plain = run_trial(config_with(NONE), digits, device="cpu")
+    projected = run_trial(config_with({"reduction": "pca", "pca_dim": 2}), digits, device="cpu")
     for split in N.SPLITS:  # same seed, same network: the same reconstruction
         key = N.metric(split, "recon_loss")
         assert projected[key] == plain[key]
     assert projected[N.metric("val", "silhouette", "kmeans")] != pytest.approx(
         plain[N.metric("val", "silhouette", "kmeans")], abs=1e-3
     )
+
+
+def test_umap_with_a_seed_gives_the_same_codes_twice():
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.normal(c, 0.3, size=(150, 6)) for c in (0.0, 3.0, 6.0)]).astype(
+        np.float32
+    )
+    config = {**UMAP, "umap_fit_size": 300, "seed": 3}
+    a = apply_reduction(fit_reduction(config, z), z)
+    b = apply_reduction(fit_reduction(config, z), z)
+    assert a.shape == (450, 4)
+    np.testing.assert_array_equal(a, b)
+    c = apply_reduction(fit_reduction({**config, "seed": 4}, z), z)
+    assert not np.array_equal(a, c)  # the seed is what fixes it
+
+
+def test_a_partly_collapsed_clustering_never_beats_a_full_one(digits):
+    # ABO with a huge lr collapses onto a few centres; its silhouette may be the higher one, but
+    # the objective takes KMeans's, which uses every cluster.
+    result = run_trial(config_with(NONE, {"abo_lr": 1000.0}), digits, device="cpu")
+    assert result[N.metric("train", N.CLUSTERS_USED, "abo")] < 10
+    assert result[N.metric("train", N.CLUSTERS_USED, "kmeans")] == 10
+    assert result[N.BEST_CLUSTERER] == "kmeans"
+    assert result[N.SILHOUETTE] == result[N.metric("val", "silhouette", "kmeans")]
+    assert result[N.PARTIAL] == 0.0

@@ -1,10 +1,11 @@
 """The search winner as one MLflow pyfunc model: images in, cluster ids out.
 
-The model directory is the winning trial's final checkpoint (autoencoder weights, config, both
-clusterers' centres, the PCA of the codes when the trial used one); `predict` encodes the images,
-projects the codes as the trial did and assigns each to the nearest centre of the clusterer that
-won the trial (`best_clusterer`), which is what ABO_clusterer.predict and
-KMeans.predict both do.
+The model directory is the winning trial's final checkpoint (autoencoder weights, after its
+fine-tuning stage if it had one; config; both clusterers' centres; the fitted PCA or UMAP when the
+trial reduced the codes); `predict` encodes the images, reduces the codes as the trial did (unless
+the winning clusterer worked in the latent space: ABO fine-tuned jointly with the encoder) and
+assigns each to the nearest centre of the clusterer that won the trial (`best_clusterer`), which
+is what ABO_clusterer.predict and KMeans.predict both do.
 """
 
 from __future__ import annotations
@@ -15,13 +16,22 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 import torch
 from packaging.requirements import Requirement
 
 import mlflow
 from models.build import build_autoencoder
-from tune.trial import CLUSTERERS_FILE, CONFIG_FILE, MODEL_FILE, RESULT_FILE
+from tune.reduction import apply_reduction
+from tune.trial import (
+    CLUSTERERS_FILE,
+    CONFIG_FILE,
+    MODEL_FILE,
+    REDUCTION_FILE,
+    RESULT_FILE,
+    clusterer_space,
+)
 
 
 class ClusterModel(mlflow.pyfunc.PythonModel):
@@ -33,13 +43,13 @@ class ClusterModel(mlflow.pyfunc.PythonModel):
         result = json.loads((d / RESULT_FILE).read_text())
         self.image_shape = tuple(self.config["image_shape"])
         self.clusterer = result.get("best_clusterer", "kmeans")
-        arrays = np.load(d / CLUSTERERS_FILE)
-        self.centers = arrays[self.clusterer].astype(np.float64)
-        # The trial's PCA of the codes (config pca_dim), if it clustered a projection of them.
-        self.pca = None
-        if "pca_components" in arrays:
-            # (mean [latent_dim], components [pca_dim, latent_dim]) in predict's precision, once
-            self.pca = tuple(arrays[k].astype(np.float64) for k in ("pca_mean", "pca_components"))
+        self.centers = np.load(d / CLUSTERERS_FILE)[self.clusterer].astype(np.float64)
+        # The trial's PCA or UMAP of the codes, if the winning clusterer saw them reduced.
+        self.reducer = None
+        if (d / REDUCTION_FILE).exists() and clusterer_space(
+            self.config, self.clusterer
+        ) != "latent":
+            self.reducer = joblib.load(d / REDUCTION_FILE)
         self.model = build_autoencoder(self.config, self.image_shape)
         self.model.load_state_dict(torch.load(d / MODEL_FILE, map_location="cpu"))
         self.model.eval()
@@ -55,10 +65,8 @@ class ClusterModel(mlflow.pyfunc.PythonModel):
             images /= 255.0
         images = images.reshape(-1, 1, *self.image_shape)
         with torch.no_grad():
-            z = self.model.encode(torch.from_numpy(images)).double().numpy()
-        if self.pca is not None:
-            mean, components = self.pca
-            z = (z - mean) @ components.T
+            z = self.model.encode(torch.from_numpy(images)).numpy()
+        z = apply_reduction(self.reducer, z).astype(np.float64)
         d = (z**2).sum(1)[:, None] - 2 * z @ self.centers.T + (self.centers**2).sum(1)[None, :]
         return d.argmin(axis=1).astype(np.int64)
 

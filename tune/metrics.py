@@ -29,13 +29,12 @@ from sklearn.metrics import (
     normalized_mutual_info_score,
 )
 
-from tune.names import CLUSTER_METRICS, LABEL_METRICS  # the one set of metric names
+from tune.names import CLUSTER_METRICS, CLUSTERS_USED, LABEL_METRICS  # the one set of names
 
 SILHOUETTE, DAVIES_BOULDIN, CALINSKI_HARABASZ = CLUSTER_METRICS
 NMI, ARI, ACC = LABEL_METRICS
-N_CLUSTERS = "n_clusters"
 DEGENERATE = "degenerate"
-CLUSTER_SCORE_KEYS = (*CLUSTER_METRICS, N_CLUSTERS, DEGENERATE)
+CLUSTER_SCORE_KEYS = (*CLUSTER_METRICS, CLUSTERS_USED, DEGENERATE)
 
 # Square distance blocks of this side keep a float32 block (4 MiB) in the L3 cache;
 # on the 2-core EPYC dev box 1024-1280 was fastest (768: +18%, 2048 spills L3).
@@ -329,7 +328,7 @@ def cluster_scores(
     """Internal cluster-quality metrics for each named labeling of the same embedding.
 
     Returns ``{name: {"silhouette", "davies_bouldin", "calinski_harabasz",
-    "n_clusters", "degenerate"}}``; one `silhouette_scores` call covers all labelings.
+    "clusters_used", "degenerate"}}``; one `silhouette_scores` call covers all labelings.
     """
     names = list(labelings)
     label_arrays = [_to_numpy(labelings[name]).ravel() for name in names]
@@ -341,7 +340,7 @@ def cluster_scores(
             SILHOUETTE: sil,
             DAVIES_BOULDIN: davies_bouldin(x_np, labels),
             CALINSKI_HARABASZ: calinski_harabasz(x_np, labels),
-            N_CLUSTERS: int(len(np.unique(labels))),
+            CLUSTERS_USED: int(len(np.unique(labels))),
             DEGENERATE: float(is_degenerate(labels)),
         }
     return out

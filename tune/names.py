@@ -10,13 +10,22 @@ SPLITS = ("train", "val", "test")
 CLUSTERERS = ("abo", "kmeans")
 CLUSTER_METRICS = ("silhouette", "davies_bouldin", "calinski_harabasz")
 LABEL_METRICS = ("nmi", "ari", "acc")  # reporting only: never used for selection
+# Per split and clusterer, beside CLUSTER_METRICS (which are measured in the space the clusterer
+# saw): the silhouette of the same labeling in the autoencoder's own latent space (equal to
+# "silhouette" when the clusterer saw the codes themselves), and how many clusters it uses.
+LATENT_SILHOUETTE = "latent_silhouette"
+CLUSTERS_USED = "clusters_used"
 
 EPOCH = "epoch"
 TRAIN_LOSS = "train/recon_loss"  # per epoch: mean training-mode loss; final: eval-mode MSE on train
 VAL_LOSS = "val/recon_loss"
+# Per fine-tuning epoch (tune/finetune.py): the clustering term of the joint loss; the epoch's
+# reconstruction term is TRAIN_LOSS, as in pre-training, so one curve runs through both stages.
+CLUSTER_LOSS = "train/cluster_loss"
 TEST_LOSS = "test/recon_loss"
 # In a Tune result: [[epoch, train loss, val loss], ...] for every epoch since the trial's previous
 # report, the reported one included (a trial reports at most once a second; MLflow gets them all).
+# A fine-tuning epoch has a fourth entry, its CLUSTER_LOSS.
 EPOCH_LOG = "epoch_log"
 
 # The two objectives: validation silhouette of the better clusterer (up), validation MSE (down).
@@ -24,14 +33,21 @@ SILHOUETTE = "val/silhouette"
 RECON_LOSS = VAL_LOSS
 OBJECTIVES: dict[str, str] = {SILHOUETTE: "max", RECON_LOSS: "min"}
 
-BEST_CLUSTERER = "best_clusterer"  # which clusterer gave SILHOUETTE ("abo" or "kmeans")
+# Which clusterer gave SILHOUETTE ("abo" or "kmeans"): the best validation silhouette among the
+# clusterers that use all n_clusters clusters on train; only if none does, among the others (a
+# partly collapsed clustering inflates its silhouette and must not win over a full one).
+BEST_CLUSTERER = "best_clusterer"
+PARTIAL = "partial_clustering"  # 1.0 when SILHOUETTE comes from a clustering with unused clusters
 DEGENERATE = "degenerate"  # 1.0 when no clusterer gave a valid validation labeling
 DEGENERATE_CLUSTERERS = "degenerate_clusterers"  # tag: clusterers whose labeling collapsed
 DIVERGED = "diverged"  # 1.0 when training hit a NaN/inf loss
 STATUS = "status"  # "ok" | "degenerate" | "diverged"
 TRIAL_SECONDS = "time/trial_s"
-# Dimension of the space the clusterers saw and their scores were measured in: latent_dim, or
-# pca_dim when that is smaller (silhouette, Davies-Bouldin, Calinski-Harabasz depend on it).
+# Wall seconds of each stage of a trial: time/<stage>_s (bench/ reads them from results too).
+STAGES = ("pretrain", "finetune", "embed", "reduction", "abo", "kmeans", "metrics")
+# Dimension of the space the clusterers saw and their scores were measured in: latent_dim, pca_dim
+# when that is smaller, or umap_dim (silhouette, Davies-Bouldin, Calinski-Harabasz depend on it).
+# With finetune abo, ABO's centres were trained in the latent space and it clusters there.
 CLUSTER_DIM = "cluster_dim"
 NODE = "node"  # hostname of the machine that ran the trial
 
@@ -39,3 +55,8 @@ NODE = "node"  # hostname of the machine that ran the trial
 def metric(split: str, name: str, clusterer: str | None = None) -> str:
     """'val/recon_loss' for metric('val', 'recon_loss'); 'val/abo/nmi' with clusterer='abo'."""
     return f"{split}/{clusterer}/{name}" if clusterer else f"{split}/{name}"
+
+
+def stage_seconds(stage: str) -> str:
+    """'time/pretrain_s' for stage_seconds('pretrain')."""
+    return f"time/{stage}_s"

@@ -40,17 +40,31 @@ def embedding_scatter(z: np.ndarray, labels: dict[str, np.ndarray], path: Path) 
 
 
 def loss_curves(history: list[dict[str, float]], abo_loss: list[float], path: Path) -> Path:
-    """Autoencoder train/validation MSE per epoch, and the ABO clusterer's loss per epoch."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    """Reconstruction MSE per epoch (train/validation) through pre-training and fine-tuning, and
+    the clustering losses that ran: the fine-tuning stage's and ABO_clusterer's own fit's."""
+    tuned = [h for h in history if "cluster_loss" in h]
+    panels = 1 + bool(tuned) + bool(abo_loss)
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.5), squeeze=False)
+    a, rest = axes[0][0], list(axes[0][1:])
     epochs = [h["epoch"] for h in history]
-    a.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
-    a.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
+    a.plot(epochs, [h["train_loss"] for h in history], marker="o", ms=3, label="train")
+    a.plot(epochs, [h["val_loss"] for h in history], marker="o", ms=3, label="validation")
+    if tuned:
+        a.axvline(tuned[0]["epoch"] - 0.5, color="grey", ls="--", lw=1)
+        a.text(tuned[0]["epoch"] - 0.5, a.get_ylim()[1], " fine-tuning", va="top", fontsize=8)
     a.set_xlabel("epoch")
     a.set_ylabel("reconstruction MSE")
     a.legend()
-    b.plot(range(1, len(abo_loss) + 1), abo_loss)
-    b.set_xlabel("epoch")
-    b.set_ylabel("ABO loss")
+    if tuned:
+        b = rest.pop(0)
+        b.plot([h["epoch"] for h in tuned], [h["cluster_loss"] for h in tuned], marker="o", ms=3)
+        b.set_xlabel("epoch")
+        b.set_ylabel("fine-tuning clustering loss")
+    if abo_loss:
+        b = rest.pop(0)
+        b.plot(range(1, len(abo_loss) + 1), abo_loss)
+        b.set_xlabel("ABO epoch")
+        b.set_ylabel("ABO_clusterer loss")
     return _save(fig, path)
 
 

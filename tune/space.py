@@ -38,11 +38,13 @@ if TYPE_CHECKING:  # optuna is only needed by the caller that owns the study
     import optuna
 
 ARCHS = ("mlp", "conv")
+FINETUNES = ("none", "abo", "dec")  # joint fine-tuning stage after pre-training (tune/finetune.py)
+REDUCTIONS = ("none", "pca", "umap")  # what the clusterers see (tune/reduction.py)
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh")
 DEPTH_KEY = {"mlp": "mlp_depth", "conv": "conv_depth"}
 _MAX_DEPTH = {"mlp": 4, "conv": 3}
 # Keys that shape which other keys exist; the space check enumerates all their values.
-_STRUCTURAL = ("arch", *DEPTH_KEY.values())
+_STRUCTURAL = ("arch", *DEPTH_KEY.values(), "finetune", "reduction")
 # Guards the space check against a file whose conditions multiply into a huge tree.
 _MAX_BRANCHES = 10_000
 
@@ -75,6 +77,8 @@ class _Rule:
     nullable: bool = False
     arch: str | None = None  # None: shared by both architectures
     layer: int | None = None  # per-layer key: present iff the arch's depth >= layer
+    # (key, values): present iff that key takes one of the values (a stage's own settings)
+    stage: tuple[str, tuple[str, ...]] | None = None
 
     def describe(self) -> str:
         if self.kind == "bool":
@@ -136,6 +140,9 @@ def _positive_float(**kw: Any) -> _Rule:
     return _Rule("float", low=0.0, low_open=True, **kw)
 
 
+_FT = ("finetune", ("abo", "dec"))  # keys every fine-tuning stage has
+
+
 def _build_keys() -> dict[str, _Rule]:
     keys: dict[str, _Rule] = {"arch": _Rule("choice", choices=ARCHS)}
     keys["mlp_depth"] = _int(1, _MAX_DEPTH["mlp"], arch="mlp")
@@ -155,9 +162,29 @@ def _build_keys() -> dict[str, _Rule]:
         weight_decay=_Rule("float", low=0.0),
         batch_size=_int(),
         epochs=_int(),
-        # Principal components of the latent codes the clusterers see; null = the codes as they
-        # are. At least latent_dim keeps every component: a rotation, distances unchanged.
-        pca_dim=_int(nullable=True),
+        # Joint fine-tuning of encoder, decoder and centres after pre-training (tune/finetune.py):
+        # none, abo (Deep k-Means with ABO's loss) or dec (IDEC).
+        finetune=_Rule("choice", choices=FINETUNES),
+        finetune_epochs=_int(stage=_FT),
+        finetune_lr=_positive_float(stage=_FT),
+        finetune_batch_size=_int(stage=_FT),
+        finetune_gamma=_positive_float(stage=_FT),  # weight of the clustering loss
+        # abo: ABO's softmax temperature, annealed geometrically from start to end over the stage
+        finetune_temperature_start=_positive_float(stage=("finetune", ("abo",))),
+        finetune_temperature_end=_positive_float(stage=("finetune", ("abo",))),
+        # dec: batches between refreshes of the target distribution; stop when fewer than tol
+        # of the training labels change between two refreshes
+        dec_update_interval=_int(stage=("finetune", ("dec",))),
+        dec_tol=_Rule("float", low=0.0, high=1.0, high_open=True, stage=("finetune", ("dec",))),
+        # What the clusterers see: the codes, their first pca_dim principal components, or a UMAP
+        # embedding (fitted on umap_fit_size seeded train codes, applied to everything else).
+        reduction=_Rule("choice", choices=REDUCTIONS),
+        # pca_dim >= latent_dim keeps every component: a rotation, distances unchanged.
+        pca_dim=_int(stage=("reduction", ("pca",))),
+        umap_dim=_int(stage=("reduction", ("umap",))),
+        umap_n_neighbors=_int(2, stage=("reduction", ("umap",))),
+        umap_min_dist=_Rule("float", low=0.0, stage=("reduction", ("umap",))),
+        umap_fit_size=_int(stage=("reduction", ("umap",))),
         n_clusters=_int(2),
         abo_lr=_positive_float(),
         abo_epochs=_int(),
@@ -235,8 +262,16 @@ def _structure_problem(config: Mapping[str, Any]) -> tuple[str, str] | None:
         if rule.arch not in (None, arch):
             if key in config:
                 return key, f"{key} is not used by arch {arch}"
-        elif key != SEED_KEY and rule.layer is None and key not in config:
+        elif key != SEED_KEY and rule.layer is None and rule.stage is None and key not in config:
             return key, f"missing required key {key} for arch {arch}"
+    for key, rule in KEYS.items():
+        if rule.stage is None:
+            continue
+        ref, values = rule.stage
+        if config[ref] in values and key not in config:
+            return key, f"missing required key {key} for {ref} {config[ref]}"
+        if config[ref] not in values and key in config:
+            return key, f"{key} is not used by {ref} {config[ref]}"
     depth_key = DEPTH_KEY[arch]
     depth = config[depth_key]
     for key, rule in KEYS.items():
@@ -876,6 +911,10 @@ def _derive_parameters(points: list[dict[str, Any]]) -> dict[str, Param]:
         when: dict[str, tuple[Any, ...]] = {}
         if rule.arch is not None:
             when["arch"] = (rule.arch,)
+        if rule.stage is not None:
+            when[rule.stage[0]] = tuple(
+                v for v in rule.stage[1] if any(cfg[rule.stage[0]] == v for cfg in points)
+            )
         if rule.layer is not None:
             depth_key = DEPTH_KEY[rule.arch]
             depths = {cfg[depth_key] for cfg in points if cfg["arch"] == rule.arch}

@@ -505,10 +505,13 @@ def epoch_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     log = result.get(N.EPOCH_LOG)
     if isinstance(log, list):
         stamp = {"timestamp": result["timestamp"]} if "timestamp" in result else {}
-        return [
-            {N.EPOCH: int(e), N.TRAIN_LOSS: _float(t), N.VAL_LOSS: _float(v), **stamp}
-            for e, t, v in log
-        ]
+        rows = []
+        for e, t, v, *cluster in log:  # a fine-tuning epoch also carries its clustering loss
+            row = {N.EPOCH: int(e), N.TRAIN_LOSS: _float(t), N.VAL_LOSS: _float(v), **stamp}
+            if cluster:
+                row[N.CLUSTER_LOSS] = _float(cluster[0])
+            rows.append(row)
+        return rows
     return [] if isinstance(result.get(N.STATUS), str) else [dict(result)]
 
 

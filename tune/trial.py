@@ -15,21 +15,25 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import joblib
+import numba
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
 
 from models.abo import ABOClusterer
 from models.build import build_autoencoder, count_parameters
 from tune import names as N
 from tune import plots
 from tune.data import Dataset
-from tune.metrics import cluster_scores, label_scores
+from tune.finetune import Stage, finetune, initial_centers
+from tune.metrics import cluster_scores, label_scores, silhouette_scores
+from tune.reduction import apply_reduction, fit_reduction
 from tune.training import (
     DivergedError,
     embed,
@@ -50,38 +54,53 @@ REPORT_INTERVAL_S = float(os.environ.get("CLUSTERTUNE_REPORT_INTERVAL_S", "1"))
 STATE_FILE = "train_state.pt"
 MODEL_FILE = "model.pt"
 CLUSTERERS_FILE = "clusterers.npz"
+REDUCTION_FILE = "reduction.joblib"  # the fitted PCA or UMAP (pickled: neither has another format)
 RESULT_FILE = "result.json"
 CONFIG_FILE = "config.json"
 ARTIFACTS = ("reconstructions.png", "embedding.png", "loss_curves.png")
 
 
-def make_clusterers(config: Mapping[str, Any]) -> dict[str, Any]:
-    """ABO_clusterer and KMeans with the trial's settings, both seeded."""
+def make_clusterers(
+    config: Mapping[str, Any], joint_centers: np.ndarray | None = None
+) -> dict[str, Any]:
+    """ABO_clusterer and KMeans with the trial's settings, both seeded.
+
+    With `joint_centers` (finetune abo), ABO keeps the centres trained with the encoder: it is
+    given them as `init` and takes no further steps, so its labels are their nearest centres.
+    """
     k, seed = int(config["n_clusters"]), int(config["seed"])
+    abo = ABOClusterer(
+        n_clusters=k,
+        lr=float(config["abo_lr"]),
+        epochs=int(config["abo_epochs"]),
+        batch_size=config["abo_batch_size"],
+        temperature=float(config["abo_temperature"]),
+        init=config["abo_init"],
+        random_state=seed,
+    )
+    if joint_centers is not None:
+        abo.set_params(init=joint_centers, epochs=0)
     return {
-        "abo": ABOClusterer(
-            n_clusters=k,
-            lr=float(config["abo_lr"]),
-            epochs=int(config["abo_epochs"]),
-            batch_size=config["abo_batch_size"],
-            temperature=float(config["abo_temperature"]),
-            init=config.get("abo_init", "farthest"),
-            random_state=seed,
-        ),
+        "abo": abo,
         "kmeans": KMeans(n_clusters=k, n_init=int(config["kmeans_n_init"]), random_state=seed),
     }
 
 
-def fit_projection(config: Mapping[str, Any], z_train: np.ndarray) -> PCA | None:
-    """PCA of the train codes to `pca_dim` components, the space the clusterers work in.
+def clusterer_space(config: Mapping[str, Any], name: str) -> str:
+    """ "latent" or "reduced": the space clusterer `name` works in. ABO's centres trained jointly
+    with the encoder (finetune abo) live in the latent space; everything else sees the reduction."""
+    return "latent" if name == "abo" and config["finetune"] == "abo" else "reduced"
 
-    None when `pca_dim` is null or keeps every component (then PCA is only a rotation and a shift,
-    which changes no distance, so neither clustering nor any score).
-    """
-    k = config["pca_dim"]
-    if k is None or k >= z_train.shape[1]:
-        return None
-    return PCA(n_components=int(k), svd_solver="full").fit(z_train)
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[N.stage_seconds(stage)] = timings.get(N.stage_seconds(stage), 0.0) + (
+            time.perf_counter() - start
+        )
 
 
 def run_trial(
@@ -95,12 +114,20 @@ def run_trial(
 ) -> dict[str, Any]:
     """Run the whole pipeline for one flat config; returns the flat result (names from tune.names).
 
-    With `out_dir`, also writes the model, the clusterers' centres, the config, the result and the
-    PNG artifacts there. A NaN/inf training loss stops training at once and gives a "diverged"
-    result (NaN objectives, the epoch it stopped at, the reason) instead of an exception: the
-    search goes on, the trial's MLflow run ends FAILED and Optuna records the trial as failed.
+    Stages: pre-train the autoencoder; optionally fine-tune it jointly with cluster centres
+    (tune/finetune.py); embed every split; optionally reduce the codes (PCA or UMAP,
+    tune/reduction.py); fit ABO_clusterer and KMeans on train and predict val/test; score. Each
+    stage's wall time is in the result (time/<stage>_s). `resume` is a state handed to `on_epoch`
+    (either stage's): the trial continues from it exactly.
+
+    With `out_dir`, also writes the model, the clusterers' centres, the reduction, the config, the
+    result and the PNG artifacts there. A NaN/inf training loss stops training at once and gives a
+    "diverged" result (NaN objectives, the epoch it stopped at, the reason) instead of an
+    exception: the search goes on, the trial's MLflow run ends FAILED and Optuna records the
+    trial as failed.
     """
     start = time.perf_counter()
+    timings: dict[str, float] = {}
     device = torch.device(device) if device is not None else pick_device()
     seed = int(config["seed"])
     torch.manual_seed(seed)
@@ -112,25 +139,41 @@ def run_trial(
         "test": images_to_tensor(dataset.x_test, device),
     }
     y = {"train": dataset.y_train, "val": dataset.y_val, "test": dataset.y_test}
+    x_val = x["val"] if len(x["val"]) else None
     result: dict[str, Any] = {
         N.NODE: _node_id(),
         "hostname": socket.gethostname(),
         "device": str(device),
         "n_parameters": count_parameters(model),
     }
+    stage = Stage.from_config(config)
+    in_finetune = resume is not None and resume.get("phase") == "finetune"
+    ft_history: list[dict[str, float]] = []
+    joint_centers = None
     try:
-        history = train_autoencoder(
-            model,
-            x["train"],
-            x["val"] if len(x["val"]) else None,
-            lr=float(config["lr"]),
-            weight_decay=float(config["weight_decay"]),
-            batch_size=int(config["batch_size"]),
-            epochs=int(config["epochs"]),
-            seed=seed,
-            resume=resume,
-            on_epoch=on_epoch,
-        )
+        with _timed(timings, "pretrain"):
+            if in_finetune:  # pre-training finished before the checkpoint
+                history = list(resume["pretrain_history"])
+            else:
+                history = train_autoencoder(
+                    model,
+                    x["train"],
+                    x_val,
+                    lr=float(config["lr"]),
+                    weight_decay=float(config["weight_decay"]),
+                    batch_size=int(config["batch_size"]),
+                    epochs=int(config["epochs"]),
+                    seed=seed,
+                    resume=resume,
+                    on_epoch=on_epoch,
+                )
+        if stage is not None:
+            with _timed(timings, "finetune"):
+                ft_history, centers = _finetune_stage(
+                    config, stage, model, x["train"], x_val, history, on_epoch, resume
+                )
+            if stage.kind == "abo":  # ABO's labels come from the centres trained with the encoder
+                joint_centers = centers
     except DivergedError as e:
         result.update(
             {
@@ -142,83 +185,166 @@ def run_trial(
                 N.EPOCH: e.epoch,
                 "reason": str(e),
                 N.TRIAL_SECONDS: time.perf_counter() - start,
+                **timings,
             }
         )
         return result
+    result[N.EPOCH] = (ft_history or history)[-1]["epoch"] if (ft_history or history) else 0
 
-    z = {split: embed(model, xs) for split, xs in x.items()}
-    for split in N.SPLITS:
-        result[N.metric(split, "recon_loss")] = reconstruction_loss(model, x[split])
-    z_train = z["train"].cpu().numpy()
-    projection = fit_projection(config, z_train)
-    if projection is not None:  # from here on the clusterers and their scores see the projection
-        z = {split: _project(projection, zs) for split, zs in z.items()}
-        z_train = z["train"].cpu().numpy()
-    result[N.CLUSTER_DIM] = float(z_train.shape[1])
-    clusterers = make_clusterers(config)
+    with _timed(timings, "embed"):
+        z = {split: embed(model, xs).cpu().numpy() for split, xs in x.items()}
+        for split in N.SPLITS:
+            result[N.metric(split, "recon_loss")] = reconstruction_loss(model, x[split])
+    with _timed(timings, "reduction"):
+        reducer = fit_reduction(config, z["train"])
+        reduced = z
+        if reducer is not None:
+            reduced = {split: apply_reduction(reducer, zs) for split, zs in z.items()}
+    result[N.CLUSTER_DIM] = float(reduced["train"].shape[1])
+    spaces = {"latent": z, "reduced": reduced}
+    clusterers = make_clusterers(config, joint_centers)
+    seen = {name: spaces[clusterer_space(config, name)] for name in clusterers}
     labels: dict[str, dict[str, np.ndarray]] = {split: {} for split in N.SPLITS}
     for name, est in clusterers.items():
-        labels["train"][name] = est.fit(z_train).labels_.astype(np.int64)
-        for split in ("val", "test"):
-            if len(z[split]):
-                labels[split][name] = est.predict(z[split].cpu().numpy()).astype(np.int64)
-    for split in N.SPLITS:
-        if not labels[split]:
-            continue
-        scores = cluster_scores(z[split], labels[split], device=device)  # one silhouette pass
-        for name, s in scores.items():
-            for metric in (*N.CLUSTER_METRICS, "n_clusters", "degenerate"):
-                result[N.metric(split, metric, name)] = float(s[metric])
-            for metric, value in label_scores(y[split], labels[split][name]).items():
-                result[N.metric(split, metric, name)] = value
+        with _timed(timings, name):
+            labels["train"][name] = est.fit(seen[name]["train"]).labels_.astype(np.int64)
+            for split in ("val", "test"):
+                if len(seen[name][split]):
+                    labels[split][name] = est.predict(seen[name][split]).astype(np.int64)
+    with _timed(timings, "metrics"):
+        for split in N.SPLITS:
+            if labels[split]:
+                _score_split(result, split, seen, z, labels[split], y[split], device)
 
     objective_split = "val" if len(z["val"]) else "train"
-    sil = {c: result[N.metric(objective_split, "silhouette", c)] for c in N.CLUSTERERS}
-    valid = {c: s for c, s in sil.items() if math.isfinite(s)}
-    best = max(valid, key=valid.get) if valid else "none"
+    best, partial = _objective_clusterer(result, objective_split, int(config["n_clusters"]))
+    abo = clusterers["abo"]
     result.update(
         {
-            N.SILHOUETTE: valid[best] if valid else math.nan,
-            N.BEST_CLUSTERER: best,
-            N.DEGENERATE: 0.0 if valid else 1.0,
-            N.DIVERGED: 0.0,
-            N.STATUS: "ok" if valid else "degenerate",
-            "abo/n_iter": float(clusterers["abo"].n_iter_),
-            "abo/final_loss": clusterers["abo"].loss_history_[-1]
-            if clusterers["abo"].loss_history_
+            N.SILHOUETTE: result[N.metric(objective_split, "silhouette", best)]
+            if best
             else math.nan,
+            N.BEST_CLUSTERER: best or "none",
+            N.PARTIAL: float(partial),
+            N.DEGENERATE: 0.0 if best else 1.0,
+            N.DIVERGED: 0.0,
+            N.STATUS: "ok" if best else "degenerate",
+            "abo/n_iter": float(abo.n_iter_),
+            "abo/final_loss": abo.loss_history_[-1] if abo.loss_history_ else math.nan,
         }
     )
+    if ft_history:
+        result["finetune/epochs_run"] = float(len(ft_history))
+        result["finetune/final_cluster_loss"] = ft_history[-1]["cluster_loss"]
+    result.update(timings)
     result[N.TRIAL_SECONDS] = time.perf_counter() - start
     if out_dir is not None:
         _write_outputs(
-            Path(out_dir), config, model, projection, clusterers, x, z, labels, history, result
+            Path(out_dir),
+            config,
+            model,
+            reducer,
+            clusterers,
+            x,
+            seen,
+            labels,
+            history + ft_history,
+            result,
         )
     return result
 
 
-def _project(projection: PCA, z: torch.Tensor) -> torch.Tensor:
-    # [N, latent_dim] -> [N, pca_dim], on z's device; an empty split stays empty
-    out = np.zeros((0, projection.n_components_), np.float32)
-    if len(z):
-        out = projection.transform(z.cpu().numpy()).astype(np.float32)
-    return torch.from_numpy(out).to(z.device)
+def _finetune_stage(config, stage, model, x_train, x_val, history, on_epoch, resume):
+    """Run tune/finetune.py's stage after pre-training; returns (its history, its centres).
+
+    Its checkpoints also carry the pre-training history, so a trial resumed inside the stage
+    still reports and plots both stages."""
+    in_finetune = resume is not None and resume.get("phase") == "finetune"
+    if in_finetune:
+        centers = resume["head"]["centers"].cpu().numpy()  # overwritten by the resumed state
+    else:
+        centers = initial_centers(stage.kind, embed(model, x_train).cpu().numpy(), config)
+
+    def report(record: dict[str, float], state: Callable[[], dict]) -> None:
+        if on_epoch is not None:
+            on_epoch(record, lambda: {**state(), "pretrain_history": list(history)})
+
+    return finetune(
+        model,
+        x_train,
+        x_val,
+        centers,
+        stage,
+        seed=int(config["seed"]),
+        first_epoch=len(history),
+        resume=resume if in_finetune else None,
+        on_epoch=report,
+    )
+
+
+def _score_split(result, split, seen, z, labels, y, device) -> None:
+    """Every score of every labeling of one split, into `result`.
+
+    Cluster metrics are measured in the space each clusterer saw (one silhouette pass per
+    space); `latent_silhouette` measures the same labeling in the autoencoder's latent space, so
+    what a reduction contributed is visible beside it."""
+    by_space: dict[int, list[str]] = {}
+    for name in labels:
+        by_space.setdefault(id(seen[name]), []).append(name)
+    for names in by_space.values():
+        space = seen[names[0]][split]
+        scores = cluster_scores(space, {n: labels[n] for n in names}, device=device)
+        for name, s in scores.items():
+            for metric in (*N.CLUSTER_METRICS, N.CLUSTERS_USED, "degenerate"):
+                result[N.metric(split, metric, name)] = float(s[metric])
+    elsewhere = [n for n in labels if seen[n][split] is not z[split]]
+    if elsewhere:
+        sils = silhouette_scores(z[split], [labels[n] for n in elsewhere], device=device)
+        for name, sil in zip(elsewhere, sils, strict=True):
+            result[N.metric(split, N.LATENT_SILHOUETTE, name)] = float(sil)
+    for name in labels:
+        result.setdefault(
+            N.metric(split, N.LATENT_SILHOUETTE, name), result[N.metric(split, "silhouette", name)]
+        )
+        for metric, value in label_scores(y, labels[name]).items():
+            result[N.metric(split, metric, name)] = value
+
+
+def _objective_clusterer(
+    result: Mapping[str, Any], split: str, n_clusters: int
+) -> tuple[str | None, bool]:
+    """(clusterer whose `split` silhouette is the objective, whether it is partly collapsed).
+
+    A clusterer whose training labels use fewer than n_clusters clusters is partly collapsed: its
+    silhouette is inflated by it, so it is chosen only when no clusterer uses all of them."""
+    valid = {
+        c: result[N.metric(split, "silhouette", c)]
+        for c in N.CLUSTERERS
+        if math.isfinite(result.get(N.metric(split, "silhouette", c), math.nan))
+    }
+    full = {
+        c: s
+        for c, s in valid.items()
+        if result[N.metric("train", N.CLUSTERS_USED, c)] >= n_clusters
+    }
+    pool = full or valid
+    if not pool:
+        return None, False
+    return max(pool, key=pool.get), not full
 
 
 def _write_outputs(
-    out, config, model, projection, clusterers, x, z, labels, history, result
+    out, config, model, reducer, clusterers, x, seen, labels, history, result
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / MODEL_FILE)
-    pca = {}
-    if projection is not None:  # the served model projects codes exactly as the trial did
-        pca = {"pca_mean": projection.mean_, "pca_components": projection.components_}
     np.savez(
         out / CLUSTERERS_FILE,
         abo=clusterers["abo"].cluster_centers_,
         kmeans=clusterers["kmeans"].cluster_centers_.astype(np.float32),
-        **pca,
     )
+    if reducer is not None:  # the served model reduces codes exactly as the trial did
+        joblib.dump(reducer, out / REDUCTION_FILE)
     config = {**dict(config), "image_shape": list(model.image_shape)}  # for rebuilding the model
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True))
     (out / RESULT_FILE).write_text(json.dumps(result, indent=1, sort_keys=True))
@@ -227,7 +353,9 @@ def _write_outputs(
         xs = x[split][:10]
         x_hat = model(xs)
     plots.reconstruction_grid(xs[:, 0].cpu().numpy(), x_hat[:, 0].cpu().numpy(), out / ARTIFACTS[0])
-    plots.embedding_scatter(z[split].cpu().numpy(), labels[split], out / ARTIFACTS[1])
+    best = result[N.BEST_CLUSTERER]
+    space = seen[best if best in seen else "kmeans"][split]
+    plots.embedding_scatter(space, labels[split], out / ARTIFACTS[1])
     plots.loss_curves(history, clusterers["abo"].loss_history_, out / ARTIFACTS[2])
 
 
@@ -255,15 +383,22 @@ def trainable(config: dict[str, Any], data: Dataset) -> None:
                 resume = torch.load(Path(d) / STATE_FILE, weights_only=False)
     resources = tune.get_context().get_trial_resources().required_resources
     gpu = bool(resources.get("GPU", 0))
-    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))  # no oversubscription of the node
+    cpus = max(1, int(resources.get("CPU", 1)))
+    torch.set_num_threads(cpus)  # no oversubscription of the node
+    numba.set_num_threads(min(cpus, numba.config.NUMBA_NUM_THREADS))  # UMAP, pynndescent
+    last_epoch = int(config["epochs"]) + (
+        int(config["finetune_epochs"]) if config["finetune"] != "none" else 0
+    )
 
     last_checkpoint = last_report = time.monotonic()
-    unreported: list[list[float]] = []  # [epoch, train loss, val loss] not yet handed to Tune
+    # [epoch, train loss, val loss(, cluster loss)] not yet handed to Tune (names.EPOCH_LOG)
+    unreported: list[list[float]] = []
 
     def on_epoch(record: dict[str, float], state: Callable[[], dict]) -> None:
         nonlocal last_checkpoint, last_report
-        unreported.append([record["epoch"], record["train_loss"], record["val_loss"]])
-        if record["epoch"] >= int(config["epochs"]):
+        entry = [record["epoch"], record["train_loss"], record["val_loss"]]
+        unreported.append(entry + ([record["cluster_loss"]] if "cluster_loss" in record else []))
+        if record["epoch"] >= last_epoch:
             return  # the final report right after carries it, and a checkpoint
         now = time.monotonic()
         checkpoint_due = now - last_checkpoint >= CHECKPOINT_INTERVAL_S
@@ -275,6 +410,8 @@ def trainable(config: dict[str, Any], data: Dataset) -> None:
             N.VAL_LOSS: record["val_loss"],
             N.EPOCH_LOG: list(unreported),
         }
+        if "cluster_loss" in record:
+            metrics[N.CLUSTER_LOSS] = record["cluster_loss"]
         unreported.clear()
         last_report = now
         if checkpoint_due:
@@ -292,7 +429,7 @@ def trainable(config: dict[str, Any], data: Dataset) -> None:
         if result[N.STATUS] == "diverged":
             (Path(out) / RESULT_FILE).write_text(json.dumps(result, indent=1))
         tune.report(
-            # a diverged trial: the epoch it stopped at
-            {N.EPOCH: int(config["epochs"]), **result, N.EPOCH_LOG: unreported},
+            # result[N.EPOCH]: the last epoch run (a diverged trial: the one it stopped at)
+            {**result, N.EPOCH_LOG: unreported},
             checkpoint=tune.Checkpoint.from_directory(out),
         )

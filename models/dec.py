@@ -1,0 +1,23 @@
+"""DEC's clustering layer (Xie et al., 2016; IDEC, Guo et al., 2017): Student's t soft assignment.
+
+q_ij = (1 + ||z_i - mu_j||^2 / alpha)^(-(alpha + 1) / 2), normalised over j (alpha = 1 in DEC).
+Its argmax is the nearest centre, so the hard labels are those of a nearest-centre rule.
+"""
+
+import torch
+from torch import nn
+
+
+class ClusteringLayer(nn.Module):
+    """k trainable centres mu [k, d]; forward gives the soft assignment q [B, k]."""
+
+    def __init__(self, init_centers: torch.Tensor, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.centers = nn.Parameter(init_centers.clone())  # [k, d]
+        self.alpha = alpha
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        # z: [B, d] -> squared distances [B, k] -> q: [B, k], rows sum to 1
+        d = ((z[:, None, :] - self.centers[None, :, :]) ** 2).sum(-1)  # cdist's grad is NaN at 0
+        q = (1.0 + d / self.alpha).pow(-(self.alpha + 1.0) / 2.0)
+        return q / q.sum(dim=1, keepdim=True)

@@ -1,0 +1,193 @@
+"""The joint fine-tuning stage (tune/finetune.py): IDEC's target and loss, the joint ABO gradient,
+what the stage does to separable data, and a trial killed inside the stage resuming exactly."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.abo import ABONet
+from models.dec import ClusteringLayer
+from models.mlp import MLPAutoencoder
+from tune import names as N
+from tune.data import load_dataset
+from tune.finetune import (
+    Stage,
+    abo_loss,
+    finetune,
+    initial_centers,
+    kl_divergence,
+    target_distribution,
+)
+from tune.training import embed, reconstruction_loss, train_autoencoder
+from tune.trial import run_trial
+
+
+def test_student_t_assignment_on_a_hand_made_case():
+    layer = ClusteringLayer(torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
+    q = layer(torch.tensor([[0.0, 0.0]])).detach()
+    # distances^2 0 and 25: (1 + d)^-1 = 1 and 1/26, normalised
+    assert q[0].tolist() == pytest.approx([26 / 27, 1 / 27])
+
+
+def test_idec_target_distribution_and_kl_on_a_hand_made_case():
+    q = torch.tensor([[0.8, 0.2], [0.4, 0.6]], dtype=torch.float64)
+    p = target_distribution(q)
+    f = q.sum(0)  # [1.2, 0.8]
+    raw = q**2 / f
+    expected = raw / raw.sum(1, keepdim=True)
+    assert torch.allclose(p, expected)
+    # p sharpens q: the larger share grows in each row
+    assert p[0, 0] > q[0, 0] and p[1, 1] > q[1, 1]
+    assert torch.allclose(p.sum(1), torch.ones(2, dtype=torch.float64))
+    kl = kl_divergence(p, q)
+    by_hand = sum(p[i, j] * math.log(p[i, j] / q[i, j]) for i in range(2) for j in range(2)) / 2
+    assert kl.item() == pytest.approx(float(by_hand))
+    assert kl_divergence(q, q).item() == pytest.approx(0.0, abs=1e-15)
+    # 0 log 0 = 0: a zero target share adds nothing
+    zero = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    assert kl_divergence(zero, torch.tensor([[0.5, 0.5]], dtype=torch.float64)).item() == (
+        pytest.approx(math.log(2))
+    )
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 5.0])
+def test_joint_abo_gradient_equals_autograd_through_the_documents_module(temperature):
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(17, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(4, 5, generator=gen, dtype=torch.float64)
+    # reference: ABONet, the document's module, as reference_fit uses it
+    net = ABONet(c0, temperature)
+    d, q = net(z)
+    ref = (q * d).sum(1).mean()
+    gz_ref, gc_ref = torch.autograd.grad(ref, [z, net.centers])
+    centers = c0.clone().requires_grad_(True)
+    ours = abo_loss(z, centers, temperature)
+    gz, gc = torch.autograd.grad(ours, [z, centers])
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
+    assert torch.allclose(gz, gz_ref, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(gc, gc_ref, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda a, b: abo_loss(a, b, temperature), (z, centers))
+
+
+def blobs_as_images(n_per: int = 120, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """Three well separated prototype 6x6 images plus pixel noise: [N, 1, 6, 6] in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    protos = rng.uniform(0.1, 0.9, size=(3, 36))
+    y = np.repeat(np.arange(3), n_per)
+    x = np.clip(protos[y] + rng.normal(0, 0.05, size=(len(y), 36)), 0, 1)
+    return torch.tensor(x, dtype=torch.float32).view(-1, 1, 6, 6), y
+
+
+def pretrained(x: torch.Tensor) -> MLPAutoencoder:
+    torch.manual_seed(0)
+    model = MLPAutoencoder(image_shape=(6, 6), hidden=(16,), latent_dim=4)
+    train_autoencoder(model, x, None, lr=3e-3, weight_decay=0.0, batch_size=32, epochs=30, seed=0)
+    return model
+
+
+STAGES = {
+    "abo": Stage("abo", 15, 1e-3, 32, 0.1, temperature_start=5.0, temperature_end=0.5),
+    "dec": Stage("dec", 15, 1e-3, 32, 0.1, update_interval=5, tol=0.0),
+}
+
+
+@pytest.mark.parametrize("kind", ["abo", "dec"])
+def test_finetuning_lowers_the_clustering_loss_and_keeps_reconstruction(kind):
+    x, y = blobs_as_images()
+    model = pretrained(x)
+    before = reconstruction_loss(model, x)
+    config = {"n_clusters": 3, "seed": 0, "abo_init": "k-means++", "kmeans_n_init": 4}
+    centers = initial_centers(kind, embed(model, x).numpy(), config)
+    history, tuned = finetune(model, x, x, centers, STAGES[kind], seed=0, first_epoch=30)
+    assert [h["epoch"] for h in history] == list(range(31, 46))
+    losses = [h["cluster_loss"] for h in history]
+    assert losses[-1] < losses[0]  # the clustering term goes down...
+    # ...while reconstruction stays within 50% of the pre-trained loss (the stated bound)
+    assert reconstruction_loss(model, x) <= 1.5 * before
+    assert tuned.shape == (3, 4)
+    # and the blobs are still told apart by the tuned centres
+    z = embed(model, x).numpy()
+    labels = ((z[:, None, :] - tuned[None]) ** 2).sum(-1).argmin(1)
+    from sklearn.metrics import normalized_mutual_info_score
+
+    assert normalized_mutual_info_score(y, labels) > 0.95
+
+
+def test_dec_stops_early_when_few_labels_change():
+    x, _ = blobs_as_images()
+    model = pretrained(x)
+    config = {"n_clusters": 3, "seed": 0, "abo_init": "k-means++", "kmeans_n_init": 4}
+    centers = initial_centers("dec", embed(model, x).numpy(), config)
+    stage = Stage("dec", 50, 1e-3, 32, 0.1, update_interval=3, tol=0.01)
+    history, _ = finetune(model, x, None, centers, stage, seed=0)
+    # separable blobs: labels settle at once, so the stage ends long before 50 epochs
+    assert len(history) < 50
+    assert history[-1]["labels_changed"] < 0.01
+
+
+DIGITS_CONFIG = {
+    "arch": "mlp",
+    "mlp_depth": 1,
+    "mlp_width_1": 32,
+    "mlp_activation": "relu",
+    "mlp_batch_norm": False,
+    "latent_dim": 8,
+    "dropout": 0.1,  # dropout: the global RNG must be part of the resumed state
+    "lr": 0.003,
+    "weight_decay": 0.0,
+    "batch_size": 32,
+    "epochs": 3,
+    "finetune_epochs": 6,
+    "finetune_lr": 1e-3,
+    "finetune_batch_size": 64,
+    "finetune_gamma": 0.1,
+    "reduction": "none",
+    "n_clusters": 10,
+    "abo_lr": 0.1,
+    "abo_epochs": 3,
+    "abo_batch_size": 64,
+    "abo_temperature": 1.0,
+    "abo_init": "k-means++",
+    "kmeans_n_init": 2,
+    "seed": 0,
+}
+FT = {
+    "abo": {"finetune": "abo", "finetune_temperature_start": 5.0, "finetune_temperature_end": 0.2},
+    "dec": {"finetune": "dec", "dec_update_interval": 7, "dec_tol": 0.0},
+}
+
+
+class KilledError(Exception):
+    """Stands for the worker dying right after a checkpoint was written."""
+
+
+@pytest.mark.parametrize("kind", ["abo", "dec"])
+@pytest.mark.parametrize("kill_at", [3, 6])  # at the end of pre-training; inside the stage
+def test_a_trial_killed_inside_the_stage_resumes_to_the_same_result(kind, kill_at):
+    digits = load_dataset("digits", seed=0)
+    config = {**DIGITS_CONFIG, **FT[kind]}
+    whole = run_trial(config, digits, device="cpu")
+    saved = {}
+
+    def on_epoch(record, state):
+        if record["epoch"] == kill_at:  # the test decides when the fault happens
+            saved["state"] = state()
+            raise KilledError
+
+    with pytest.raises(KilledError):
+        run_trial(config, digits, device="cpu", on_epoch=on_epoch)
+    epochs = []
+    resumed = run_trial(
+        config,
+        digits,
+        device="cpu",
+        resume=saved["state"],
+        on_epoch=lambda record, state: epochs.append(record["epoch"]),
+    )
+    assert epochs == list(range(kill_at + 1, 10))  # continued right after the checkpoint
+    for key, value in whole.items():
+        if key.startswith("time/") or key in (N.NODE, "hostname"):
+            continue
+        assert resumed[key] == value or (value != value and resumed[key] != resumed[key]), key

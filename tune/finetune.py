@@ -1,0 +1,265 @@
+"""Joint fine-tuning: encoder, decoder and cluster centres trained together after pre-training.
+
+Two recipes, chosen by the trial's `finetune` key (`none` skips this stage):
+
+* `abo`, Deep k-Means (Moradi Fard et al., 2018) with the first document's ABO_clusterer as the
+  clustering term: loss = MSE(x, x_hat) + gamma * mean_i sum_j q_ij d_ij with d_ij = ||z_i - c_j||^2
+  and q_i = softmax(-d_i / T), the loss ABO_clusterer minimises, now also over the encoder. T is
+  annealed geometrically from `finetune_temperature_start` (soft: every centre pulls) to
+  `finetune_temperature_end` (nearly hard k-means) over the stage, as Deep k-Means anneals its
+  inverse temperature upward. Centres start at ABO's initialisation (`abo_init`) on the
+  pre-trained codes.
+* `dec`, IDEC (Guo et al., 2017): q_ij = Student's t assignment (alpha = 1, models/dec.py), target
+  p_ij = (q_ij^2 / f_j) normalised per row with f_j = sum_i q_ij, recomputed on all training codes
+  every `dec_update_interval` batches; loss = MSE + gamma * KL(P || Q) (batch mean of
+  sum_j p log(p / q)). The stage stops early when fewer than `dec_tol` of the training labels
+  changed between two refreshes. Centres start from KMeans on the pre-trained codes.
+
+Reconstruction stays in the loss, so the validation reconstruction loss stays an honest objective:
+a stage that wrecks the decoder to sharpen clusters pays for it there.
+
+Like pre-training, the stage is deterministic for a seed and resumable: `state()` (handed to
+`on_epoch` after every epoch) holds the weights, centres, Adam's moments, the target distribution,
+the RNGs and the counters, and `finetune(..., resume=state)` continues from it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from torch import nn
+
+from models.abo import ABONet, initial_indices
+from models.dec import ClusteringLayer
+from tune.training import (
+    DivergedError,
+    adam_step,
+    embed,
+    make_optimizer,
+    reconstruction_loss,
+    use_channels_last,
+)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The fine-tuning settings of one trial (the config's `finetune*` and `dec_*` keys)."""
+
+    kind: str  # "abo" | "dec"
+    epochs: int
+    lr: float
+    batch_size: int
+    gamma: float
+    temperature_start: float = 1.0  # abo
+    temperature_end: float = 1.0  # abo
+    update_interval: int = 1  # dec
+    tol: float = 0.0  # dec
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Stage | None:
+        """None for `finetune: none`; the space's schema has already checked every value."""
+        kind = config["finetune"]
+        if kind == "none":
+            return None
+        common = {
+            "kind": kind,
+            "epochs": int(config["finetune_epochs"]),
+            "lr": float(config["finetune_lr"]),
+            "batch_size": int(config["finetune_batch_size"]),
+            "gamma": float(config["finetune_gamma"]),
+        }
+        if kind == "abo":
+            return cls(
+                **common,
+                temperature_start=float(config["finetune_temperature_start"]),
+                temperature_end=float(config["finetune_temperature_end"]),
+            )
+        return cls(
+            **common,
+            update_interval=int(config["dec_update_interval"]),
+            tol=float(config["dec_tol"]),
+        )
+
+    def temperature(self, epoch: int) -> float:
+        """ABO's temperature in 0-based `epoch` of the stage: geometric from start to end."""
+        frac = epoch / max(self.epochs - 1, 1)
+        return self.temperature_start * (self.temperature_end / self.temperature_start) ** frac
+
+
+class ABOLoss(torch.autograd.Function):
+    """mean_i sum_j q_ij d_ij with q_i = softmax(-d_i / T), d_ij = ||z_i - c_j||^2, and the
+    closed-form gradient of models/abo.py's docstring, now for the codes as well as the centres:
+      g_ij = q_ij (1 - (d_ij - dbar_i) / T) / B,  dL/dz_i = 2 sum_j g_ij (z_i - c_j),
+      dL/dc_j = -2 sum_i g_ij (z_i - c_j).
+    tests/test_finetune.py checks it against autograd through models.abo.ABONet."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, centers: torch.Tensor, temperature: float) -> torch.Tensor:
+        # z: [B, d], centers: [k, d] -> d: [B, k], q: [B, k] -> scalar
+        d = ((z[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
+        q = torch.softmax(-d / temperature, dim=1)
+        dbar = (q * d).sum(1)  # [B]
+        ctx.save_for_backward(z, centers, q, d, dbar)
+        ctx.temperature = temperature
+        return dbar.mean()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        z, centers, q, d, dbar = ctx.saved_tensors
+        g = q * (1.0 - (d - dbar[:, None]) / ctx.temperature) * (grad_out / len(z))  # [B, k]
+        dz = 2.0 * (z * g.sum(1, keepdim=True) - g @ centers)  # [B, d]
+        dc = -2.0 * (g.t() @ z - g.sum(0)[:, None] * centers)  # [k, d]
+        return dz, dc, None
+
+
+def abo_loss(z: torch.Tensor, centers: torch.Tensor, temperature: float) -> torch.Tensor:
+    return ABOLoss.apply(z, centers, temperature)
+
+
+def target_distribution(q: torch.Tensor) -> torch.Tensor:
+    """DEC's auxiliary target: p_ij = (q_ij^2 / f_j) / sum_j' (q_ij'^2 / f_j'), f_j = sum_i q_ij."""
+    weight = q**2 / q.sum(0)
+    return weight / weight.sum(1, keepdim=True)
+
+
+def kl_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q) = batch mean of sum_j p_ij log(p_ij / q_ij), with 0 log 0 = 0."""
+    return (torch.xlogy(p, p) - p * torch.log(q)).sum(1).mean()
+
+
+def initial_centers(kind: str, z_train: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
+    """[k, d] float32 starting centres on the pre-trained codes: ABO's rule (abo) or KMeans (dec)."""
+    k, seed = int(config["n_clusters"]), int(config["seed"])
+    if kind == "abo":
+        return z_train[initial_indices(z_train, k, config["abo_init"], seed)].astype(np.float32)
+    km = KMeans(n_clusters=k, n_init=int(config["kmeans_n_init"]), random_state=seed)
+    return km.fit(z_train).cluster_centers_.astype(np.float32)
+
+
+@torch.no_grad()
+def soft_assignment(model: nn.Module, head: ClusteringLayer, x: torch.Tensor) -> torch.Tensor:
+    """q [N, k] of every image in x [N, 1, H, W], the encoder in eval mode (dropout off)."""
+    return head(embed(model, x))
+
+
+def finetune(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    x_val: torch.Tensor | None,
+    centers: np.ndarray,
+    stage: Stage,
+    *,
+    seed: int,
+    first_epoch: int = 0,
+    resume: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, float], Callable[[], dict[str, Any]]], None] | None = None,
+) -> tuple[list[dict[str, float]], np.ndarray]:
+    """Train `model` (pre-trained) and the centres [k, d] jointly; returns (history, centres).
+
+    Epochs are numbered on from `first_epoch` (the pre-training epochs), so one trial's per-epoch
+    curves run on without a gap. Each record: epoch, train_loss (the reconstruction part),
+    val_loss, cluster_loss, and `temperature` (abo) or `labels_changed` (dec, NaN before the
+    second refresh). Raises DivergedError on a NaN/inf loss.
+    """
+    device = x_train.device
+    model.train()
+    use_channels_last(model)
+    c0 = torch.as_tensor(centers, dtype=torch.float32, device=device)
+    head: nn.Module = ABONet(c0) if stage.kind == "abo" else ClusteringLayer(c0)
+    head.to(device)
+    opt, flat = make_optimizer(nn.ModuleDict({"autoencoder": model, "head": head}), stage.lr, 0.0)
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(seed + 1)  # a stream of its own: pre-training's shuffles stay as they were
+    history: list[dict[str, float]] = []
+    steps, target, prev_labels, changed = 0, None, None, math.nan
+    if resume is not None:
+        model.load_state_dict(resume["model"])  # in place: the flat views survive
+        head.load_state_dict(resume["head"])
+        opt.load_state_dict(resume["optimizer"])
+        gen.set_state(resume["generator"])
+        torch.set_rng_state(resume["rng"])
+        if torch.cuda.is_available() and resume.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(resume["cuda_rng"])
+        history = list(resume["history"])
+        steps, changed = resume["steps"], resume["changed"]
+        target, prev_labels = resume["target"], resume["prev_labels"]
+
+    def state() -> dict[str, Any]:
+        return {
+            "phase": "finetune",
+            "model": model.state_dict(),
+            "head": head.state_dict(),
+            "optimizer": opt.state_dict(),
+            "generator": gen.get_state(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "history": list(history),
+            "steps": steps,
+            "changed": changed,
+            "target": None if target is None else target.clone(),
+            "prev_labels": None if prev_labels is None else prev_labels.clone(),
+        }
+
+    n, bs = len(x_train), stage.batch_size
+    stopped = False
+    for e in range(len(history), stage.epochs):
+        temperature = stage.temperature(e)
+        order = torch.randperm(n, generator=gen).to(device)
+        sums = torch.zeros(2, device=device)  # summed reconstruction and clustering losses
+        seen = 0
+        for start in range(0, n, bs):
+            if stage.kind == "dec" and steps % stage.update_interval == 0:
+                q_all = soft_assignment(model, head, x_train)
+                labels = q_all.argmax(1)
+                if prev_labels is not None:
+                    changed = (labels != prev_labels).float().mean().item()
+                    if changed < stage.tol:  # IDEC's stopping rule, checked at each refresh
+                        stopped = True
+                        break
+                prev_labels, target = labels, target_distribution(q_all)
+            index = order[start : start + bs]
+            xb = x_train[index]
+            z = model.encode(xb)
+            recon = nn.functional.mse_loss(model.decode(z), xb)
+            if stage.kind == "abo":
+                clustering = abo_loss(z, head.centers, temperature)
+            else:
+                clustering = kl_divergence(target[index], head(z))
+            flat.grad.zero_()
+            (recon + stage.gamma * clustering).backward()
+            adam_step(opt, flat)
+            sums += torch.stack([recon.detach(), clustering.detach()]) * len(index)
+            seen += len(index)
+            steps += 1
+        if seen:
+            train_loss, cluster_loss = (sums / seen).tolist()
+            epoch = first_epoch + e + 1
+            if not (math.isfinite(train_loss) and math.isfinite(cluster_loss)):
+                raise DivergedError(
+                    f"fine-tuning loss is {train_loss + stage.gamma * cluster_loss} at epoch "
+                    f"{epoch} (finetune_lr={stage.lr})",
+                    epoch,
+                )
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": reconstruction_loss(model, x_val) if x_val is not None else math.nan,
+                "cluster_loss": cluster_loss,
+            }
+            if stage.kind == "abo":
+                record["temperature"] = temperature
+            else:
+                record["labels_changed"] = changed
+            history.append(record)
+            if on_epoch is not None:
+                on_epoch(record, state)
+        if stopped:
+            break
+    model.eval()
+    return history, head.centers.detach().cpu().numpy().astype(np.float32)
