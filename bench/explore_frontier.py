@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Every explored config clusters the same cheap way: KMeans decides most objectives, and ABO's
 # 200 x batch-32 document setting would dominate the run time of the exploration.
 CLUSTERING = {
-    "pca_dim": None,
+    "finetune": "none",
+    "reduction": "none",
     "n_clusters": 10,
     "abo_lr": 0.1,
     "abo_epochs": 50,

@@ -9,8 +9,8 @@ import pytest
 from tune import names as N
 from tune import report
 
-DOC1 = {"arch": "mlp", "latent_dim": 64, "pca_dim": None}
-DOC2 = {"arch": "conv", "latent_dim": 64, "pca_dim": None}
+DOC1 = {"arch": "mlp", "latent_dim": 64, "reduction": "none"}
+DOC2 = {"arch": "conv", "latent_dim": 64, "reduction": "none"}
 
 
 @dataclass
@@ -31,8 +31,8 @@ RESULTS = [
     result("d1", DOC1, 0.14, 0.0078),
     result("d2", DOC2, 0.26, 0.0112),
     result("hi", {**DOC1, "latent_dim": 9}, 0.34, 0.0292),
-    result("knee", {**DOC2, "pca_dim": 8, "latent_dim": 52}, 0.337, 0.0104),
-    result("imp", {**DOC2, "pca_dim": 8, "latent_dim": 46}, 0.324, 0.0073),
+    result("knee", {**DOC2, "reduction": "pca", "pca_dim": 8, "latent_dim": 52}, 0.337, 0.0104),
+    result("imp", {**DOC2, "reduction": "pca", "pca_dim": 8, "latent_dim": 46}, 0.324, 0.0073),
 ]
 POINTS = [("doc1-mlp", DOC1), ("doc2-conv", DOC2)]
 

@@ -228,3 +228,109 @@ def test_artifacts_live_beside_the_sqlite_store(smoke_search):
     exp = MlflowClient(uri).get_experiment_by_name("test-exp")
     assert exp.artifact_location.startswith((tmp / "artifacts").as_uri())
     assert list((tmp / "artifacts").rglob("all_trials.csv"))
+
+
+STAGED_POINTS = """
+description: The new stages through a real search; the champion must serve them.
+points:
+  - name: abo-umap
+    config:
+      arch: mlp
+      mlp_depth: 1
+      mlp_width_1: 32
+      mlp_activation: relu
+      mlp_batch_norm: false
+      latent_dim: 8
+      dropout: 0.0
+      lr: 0.003
+      weight_decay: 0.0
+      batch_size: 32
+      epochs: 4
+      finetune: abo
+      finetune_epochs: 2
+      finetune_lr: 0.001
+      finetune_batch_size: 64
+      finetune_gamma: 0.05
+      finetune_temperature_start: 5.0
+      finetune_temperature_end: 0.5
+      reduction: umap
+      umap_dim: 4
+      umap_n_neighbors: 15
+      umap_min_dist: 0.0
+      umap_fit_size: 600
+      n_clusters: 10
+      abo_lr: 0.1
+      abo_epochs: 3
+      abo_batch_size: 64
+      abo_temperature: 1.0
+      abo_init: k-means++
+      kmeans_n_init: 2
+  - name: dec-pca
+    config:
+      arch: mlp
+      mlp_depth: 1
+      mlp_width_1: 32
+      mlp_activation: relu
+      mlp_batch_norm: false
+      latent_dim: 8
+      dropout: 0.0
+      lr: 0.003
+      weight_decay: 0.0
+      batch_size: 32
+      epochs: 4
+      finetune: dec
+      finetune_epochs: 2
+      finetune_lr: 0.001
+      finetune_batch_size: 64
+      finetune_gamma: 0.1
+      dec_update_interval: 10
+      dec_tol: 0.001
+      reduction: pca
+      pca_dim: 4
+      n_clusters: 10
+      abo_lr: 0.1
+      abo_epochs: 3
+      abo_batch_size: 64
+      abo_temperature: 1.0
+      abo_init: k-means++
+      kmeans_n_init: 2
+"""
+
+
+def test_a_search_with_the_new_stages_serves_its_winner(tmp_path):
+    """Fine-tuning (abo, dec) and reduction (UMAP, PCA) through the real command: per-epoch
+    clustering losses in MLflow, and the champion, loaded by alias, labels test images as the
+    winning trial did."""
+    space = tmp_path / "staged.yaml"
+    space.write_text(STAGED_POINTS)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = run_search(
+        "--space", str(space), "--dataset", "digits", "--storage-path", str(tmp_path / "ray"),
+        "--mlflow-uri", uri, "--name", "staged", "--experiment", "staged-exp",
+        "--model-name", "ct-staged",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("staged-exp")
+    runs = client.search_runs([exp.experiment_id])
+    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(k.data.params["finetune"] for k in kids) == ["abo", "dec"]
+    for kid in kids:
+        assert kid.data.tags[N.STATUS] == "ok"
+        steps = [m.step for m in client.get_metric_history(kid.info.run_id, N.CLUSTER_LOSS)]
+        assert steps == [5, 6]  # the two fine-tuning epochs, after 4 of pre-training
+        assert N.stage_seconds("finetune") in kid.data.metrics
+        assert N.metric("val", N.LATENT_SILHOUETTE, "kmeans") in kid.data.metrics
+    parent = next(r for r in runs if r.info.run_name == "staged")
+    won = parent.data.tags["winner_trial_id"]
+    winner = next(k for k in kids if k.data.tags["ray.trial_id"] == won)
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/ct-staged@champion")
+    ds = load_dataset("digits")
+    from sklearn.metrics import normalized_mutual_info_score
+
+    pred = model.predict(ds.x_test)
+    best = winner.data.tags[N.BEST_CLUSTERER]
+    assert normalized_mutual_info_score(ds.y_test, pred) == pytest.approx(
+        winner.data.metrics[N.metric("test", "nmi", best)], abs=1e-9
+    )
