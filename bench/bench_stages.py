@@ -1,0 +1,323 @@
+"""What the clustering stages buy and cost: fine-tuning (abo, dec) and reduction (PCA, UMAP).
+
+    .venv/bin/python bench/bench_stages.py [--dataset fashion-mnist|digits] [--only table cost]
+        [--no-write]
+
+Run on demand, never as a timed test. Appends a dated section to bench/RESULTS.md.
+
+  table  The stages against the published anchors on the data we have, same split and seed,
+         one run each: the two documents' configurations (search_spaces/seeds.yaml), then one
+         autoencoder (BASE below) pre-trained once and followed by each stage: AE + KMeans, +abo,
+         +dec, +umap, +dec+umap. The stage variants reuse the pre-trained weights through the
+         trial's own resume path (a checkpoint taken after the last pre-training epoch), which
+         tests/test_finetune.py shows gives exactly the result of a run from scratch. Columns:
+         validation silhouette in the space the clusterer saw (the objective) and in the latent
+         space, validation reconstruction loss (the other objective), test NMI and accuracy
+         (reported only, never used to select), and the stage seconds. The published MNIST
+         figures (NOTES.md section 6) are quoted beside them for scale, not re-run.
+  cost   Seconds per epoch of the fine-tuning stage against a pre-training epoch of the same
+         network at the same batch size, measured in one process one after the other (target:
+         at most 1.5x), for the first document's MLP and the second's conv network; and UMAP's
+         one-off cost per worker process: `import umap`, then the first fit + transform (numba
+         compiles) against a second one on the same codes, in a fresh subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: make `tune` and `models` importable
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from bench_core import RESULTS, loadavg, machine_lines, md_table  # noqa: E402
+
+from tune import names as N  # noqa: E402
+from tune.data import load_dataset  # noqa: E402
+from tune.finetune import Stage, finetune, initial_centers  # noqa: E402
+from tune.space import load_space  # noqa: E402
+from tune.training import embed, images_to_tensor, train_autoencoder  # noqa: E402
+from tune.trial import run_trial  # noqa: E402
+
+CLUSTERING = {
+    "n_clusters": 10,
+    "abo_lr": 0.1,
+    "abo_epochs": 50,
+    "abo_batch_size": 256,
+    "abo_temperature": 1.0,
+    "abo_init": "k-means++",
+    "kmeans_n_init": 10,
+    "seed": 0,
+}
+# One good autoencoder per data set: a conv net with a 48-d code beats the documents'
+# reconstruction on Fashion-MNIST; digits (8x8) gets a small MLP.
+BASE = {
+    "fashion-mnist": {
+        "arch": "conv",
+        "conv_depth": 2,
+        "conv_channels_1": 16,
+        "conv_channels_2": 16,
+        "latent_dim": 48,
+        "dropout": 0.0,
+        "lr": 0.002,
+        "weight_decay": 0.0,
+        "batch_size": 64,
+        "epochs": 12,
+    },
+    "digits": {
+        "arch": "mlp",
+        "mlp_depth": 1,
+        "mlp_width_1": 64,
+        "mlp_activation": "relu",
+        "mlp_batch_norm": False,
+        "latent_dim": 16,
+        "dropout": 0.0,
+        "lr": 0.003,
+        "weight_decay": 0.0,
+        "batch_size": 32,
+        "epochs": 30,
+    },
+}
+FT = {"finetune_epochs": 4, "finetune_lr": 5e-4, "finetune_batch_size": 256, "finetune_gamma": 0.1}
+ABO = {
+    "finetune": "abo",
+    **FT,
+    "finetune_gamma": 0.01,
+    "finetune_temperature_start": 10.0,
+    "finetune_temperature_end": 0.1,
+}
+DEC = {"finetune": "dec", **FT, "dec_update_interval": 140, "dec_tol": 0.001}
+UMAP = {
+    "reduction": "umap",
+    "umap_dim": 10,
+    "umap_n_neighbors": 20,
+    "umap_min_dist": 0.0,
+    "umap_fit_size": 10000,
+}
+NONE = {"finetune": "none", "reduction": "none"}
+VARIANTS = {
+    "AE + KMeans": NONE,
+    "+ abo": {**NONE, **ABO},
+    "+ dec": {**NONE, **DEC},
+    "+ umap": {**NONE, **UMAP},
+    "+ dec + umap": {**NONE, **DEC, **UMAP},
+}
+PUBLISHED = (
+    "Published on MNIST for scale (NOTES.md section 6, not re-run here): AE + KMeans NMI 0.81, "
+    "DEC 0.87, IDEC 0.87, Deep k-Means 0.80, N2D (AE, UMAP, GMM) 0.94; N2D on Fashion-MNIST 0.684."
+)
+HEADER = [
+    "configuration",
+    "best clusterer",
+    "val silhouette (seen space)",
+    "val silhouette (latent)",
+    "val recon loss",
+    "test NMI",
+    "test ACC",
+    "clusters used",
+    "stage seconds",
+]
+
+
+def row(name: str, r: dict[str, Any]) -> list[str]:
+    c = r[N.BEST_CLUSTERER]
+    stages = ", ".join(
+        f"{s} {r[N.stage_seconds(s)]:.0f}" for s in N.STAGES if r.get(N.stage_seconds(s), 0) >= 0.5
+    )
+    return [
+        name,
+        c,
+        f"{r[N.SILHOUETTE]:.3f}",
+        f"{r[N.metric('val', N.LATENT_SILHOUETTE, c)]:.3f}",
+        f"{r[N.RECON_LOSS]:.4f}",
+        f"{r[N.metric('test', 'nmi', c)]:.3f}",
+        f"{r[N.metric('test', 'acc', c)]:.3f}",
+        f"{r[N.metric('train', N.CLUSTERS_USED, c)]:.0f}",
+        stages,
+    ]
+
+
+def table(dataset_name: str) -> list[str]:
+    ds = load_dataset(dataset_name, seed=0)
+    rows = []
+    seeds = load_space("seeds")
+    for name, point in zip(seeds.point_names, seeds.points, strict=True):
+        r = run_trial({**point, "seed": 0}, ds)
+        rows.append(row(f"{name} (document)", r))
+        print(rows[-1], flush=True)
+    base = {**BASE[dataset_name], **CLUSTERING}
+    saved = {}
+
+    def keep_last(record, state):
+        if record["epoch"] == base["epochs"]:
+            saved["state"] = state()
+
+    first = run_trial({**base, **NONE}, ds, on_epoch=keep_last)
+    for name, stages in VARIANTS.items():
+        r = (
+            first
+            if name == "AE + KMeans"
+            else run_trial({**base, **stages}, ds, resume=saved["state"])
+        )
+        if name != "AE + KMeans":  # the shared pre-training ran once, in the first run
+            r[N.stage_seconds("pretrain")] = first[N.stage_seconds("pretrain")]
+        rows.append(row(name, r))
+        print(rows[-1], flush=True)
+    return [
+        f"### Stages on {dataset_name} (`--only table --dataset {dataset_name}`)",
+        "",
+        f"Autoencoder for the stage rows: `{json.dumps(BASE[dataset_name])}`; abo: "
+        f"`{json.dumps(ABO)}`; dec: `{json.dumps(DEC)}`; umap: `{json.dumps(UMAP)}`; "
+        "clusterers: KMeans(n_init=10) and ABO_clusterer (k-means++ init, 50 epochs, batch 256). "
+        "Labels are reported only, never used to select; one seed each.",
+        "",
+        md_table(HEADER, rows),
+        "",
+        PUBLISHED,
+        "",
+    ]
+
+
+def seconds_per_epoch(history_times: list[float]) -> float:
+    steps = [b - a for a, b in zip(history_times[:-1], history_times[1:], strict=True)]
+    return sorted(steps)[len(steps) // 2]  # the median epoch: robust to one disturbed epoch
+
+
+def stage_cost(ds, config: dict[str, Any], kind: str, epochs: int = 3) -> tuple[float, float]:
+    """(pre-training, fine-tuning) median seconds per epoch, same network and batch size."""
+    torch.manual_seed(0)
+    from models.build import build_autoencoder
+
+    model = build_autoencoder(config, ds.image_shape)
+    x = images_to_tensor(ds.x_train)
+    stamps = [time.perf_counter()]
+    train_autoencoder(
+        model, x, None, lr=1e-3, weight_decay=0.0, batch_size=config["batch_size"],
+        epochs=epochs + 1, seed=0, on_epoch=lambda *_: stamps.append(time.perf_counter()),
+    )  # fmt: skip
+    pre = seconds_per_epoch(stamps[1:])  # the first epoch warms up
+    stage = Stage(
+        kind, epochs + 1, 5e-4, config["batch_size"], 0.1,
+        temperature_start=10.0, temperature_end=0.1, update_interval=140, tol=0.0,
+    )  # fmt: skip
+    cfg = {**CLUSTERING, "kmeans_n_init": 1}
+    centers = initial_centers(kind, embed(model, x).numpy(), cfg)
+    stamps = [time.perf_counter()]
+    finetune(
+        model, x, None, centers, stage, seed=0,
+        on_epoch=lambda *_: stamps.append(time.perf_counter()),
+    )  # fmt: skip
+    return pre, seconds_per_epoch(stamps[1:])
+
+
+UMAP_PROBE = """
+import time, numpy as np
+t0 = time.perf_counter()
+import umap
+t1 = time.perf_counter()
+z = np.load({codes!r})
+def once():
+    a = time.perf_counter()
+    u = umap.UMAP(n_components=10, n_neighbors=20, min_dist=0.0, random_state=0,
+                  transform_seed=0, n_jobs=1).fit(z[:10000])
+    b = time.perf_counter()
+    u.transform(z)
+    return b - a, time.perf_counter() - b
+first, second = once(), once()
+print({{"import": t1 - t0, "first": first, "second": second}})
+"""
+
+
+def cost(ds) -> list[str]:
+    seeds = dict(zip(load_space("seeds").point_names, load_space("seeds").points, strict=True))
+    rows = []
+    for name, bs in (("doc1-mlp", 32), ("doc1-mlp", 256), ("doc2-conv", 256)):
+        config = {**seeds[name], "batch_size": bs}
+        for kind in ("abo", "dec"):
+            pre, ft = stage_cost(ds, config, kind)
+            rows.append([name, str(bs), kind, f"{pre:.2f}", f"{ft:.2f}", f"{ft / pre:.2f}x"])
+            print(rows[-1], flush=True)
+    # UMAP's one-off cost per worker: codes of the doc1 network, in a fresh process
+    torch.manual_seed(0)
+    from models.build import build_autoencoder
+
+    model = build_autoencoder(seeds["doc1-mlp"], ds.image_shape)
+    codes = embed(model, images_to_tensor(ds.x_train)).numpy()
+    path = Path("/tmp/clustertune_bench_codes.npy")
+    import numpy as np
+
+    np.save(path, codes)
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", UMAP_PROBE.format(codes=str(path))],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    probe = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own subprocess's dict
+    path.unlink()
+    (f1, t1), (f2, t2) = probe["first"], probe["second"]
+    return [
+        "### Fine-tuning epoch against a pre-training epoch (`--only cost`)",
+        "",
+        "Median seconds per epoch of 3 (after one warm-up epoch), same network, same batch size, "
+        f"one process, {ds.name} train split ({len(ds.x_train)} images); fine-tuning = the "
+        "stage's joint step (encoder, decoder, centres; autograd) and, for dec, the target "
+        "refreshes every 140 batches. Target: at most 1.5x.",
+        "",
+        md_table(
+            ["network", "batch", "stage", "pre-train s/epoch", "fine-tune s/epoch", "ratio"], rows
+        ),
+        "",
+        f"UMAP per worker process (one thread, {len(codes)} doc1 codes of 64 dims, fit on 10,000, "
+        f"transform all): `import umap` {probe['import']:.1f} s; first fit {f1:.1f} s + transform "
+        f"{t1:.1f} s (numba compiling); second fit {f2:.1f} s + transform {t2:.1f} s. The one-off "
+        f"compile cost per worker is therefore about {f1 + t1 - f2 - t2:.0f} s (Tune reuses its "
+        "worker processes, so a search pays it once per concurrent trial slot).",
+        "",
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="fashion-mnist", choices=sorted(BASE))
+    p.add_argument("--only", nargs="+", default=["table", "cost"], choices=["table", "cost"])
+    p.add_argument("--no-write", action="store_true", help="print only")
+    args = p.parse_args()
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load0, t0 = loadavg(), time.perf_counter()
+    lines: list[str] = []
+    if "table" in args.only:
+        lines += table(args.dataset)
+    if "cost" in args.only:
+        lines += cost(load_dataset(args.dataset, seed=0))
+    text = "\n".join(
+        [
+            "",
+            f"## {started} — bench_stages.py on {args.dataset}",
+            "",
+            f"Command: `.venv/bin/python bench/bench_stages.py {' '.join(sys.argv[1:])}`",
+            "",
+            *machine_lines(),
+            f"- load average at start {load0}, at end {loadavg()}; whole run "
+            f"{(time.perf_counter() - t0) / 60:.1f} min",
+            "",
+            *lines,
+        ]
+    )
+    print(text)
+    if not args.no_write:
+        with RESULTS.open("a") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
