@@ -78,6 +78,7 @@ from models import abo  # noqa: E402
 from models.build import build_autoencoder  # noqa: E402
 from tune.data import DEBIAN_FASHION_MNIST_DIR, DatasetError, load_dataset  # noqa: E402
 from tune.metrics import silhouette_scores  # noqa: E402
+from tune.provenance import git_commit  # noqa: E402
 from tune.space import load_space  # noqa: E402
 from tune.training import images_to_tensor, pick_device, train_autoencoder  # noqa: E402
 
@@ -284,32 +285,6 @@ def ram_gib() -> str:
     return "unknown"
 
 
-def git_commit() -> str:
-    """HEAD's commit read straight from .git (no git process), or 'unknown'."""
-    git = ROOT / ".git"
-    try:
-        if git.is_file():  # a worktree: "gitdir: <path>"
-            git = Path(git.read_text().split(":", 1)[1].strip())
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref:"):
-            return head[:12]
-        ref = head.split(":", 1)[1].strip()
-        bases = [git]
-        if (git / "commondir").is_file():  # linked worktree: branches live in the common dir
-            bases.append((git / (git / "commondir").read_text().strip()).resolve())
-        for base in bases:
-            if (base / ref).is_file():
-                return (base / ref).read_text().strip()[:12] + f" ({ref.rsplit('/', 1)[-1]})"
-            packed = base / "packed-refs"
-            if packed.is_file():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split()[0][:12] + f" ({ref.rsplit('/', 1)[-1]})"
-    except (OSError, IndexError):
-        pass
-    return "unknown"
-
-
 def machine_lines() -> list[str]:
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     try:
@@ -321,7 +296,7 @@ def machine_lines() -> list[str]:
         f"- CUDA device: {cuda}",
         f"- Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"numba {numba.__version__}, scikit-learn {sklearn.__version__}, numpy {np.__version__}",
-        f"- git commit: {git_commit()} (working tree may hold uncommitted edits)",
+        f"- git commit: {git_commit()}",
     ]
 
 
@@ -369,9 +344,7 @@ def bench_silhouette(mode: Mode) -> tuple[list[Row], list[str]]:
     # Second labeling: nearest of 10 random data points (a Voronoi partition that cuts across the
     # blobs), so the joint (labeling 1, labeling 2) cells are many: no shortcut from agreement.
     rng = np.random.default_rng(1)
-    C = X[rng.choice(n, 10, replace=False)].astype(np.float64)
-    Xd = X.astype(np.float64)
-    lb = ((Xd**2).sum(1)[:, None] - 2 * Xd @ C.T + (C**2).sum(1)[None]).argmin(1)
+    lb = abo.nearest_centre(X, X[rng.choice(n, 10, replace=False)])
     cells = len(np.unique(la * 10 + lb))
     device = pick_device()
     log(

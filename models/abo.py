@@ -21,28 +21,37 @@ Closed-form gradient (with dbar_i = sum_k q_ik d_ik and B the batch size):
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import numba
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.base import BaseEstimator, ClusterMixin, _fit_context
 from sklearn.cluster import kmeans_plusplus
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import nn
 
+# Adam's constants, shared by reference_fit (torch.optim.Adam) and the numba kernel (which reads
+# them as compile-time constants).
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
-def _as_numpy(X) -> np.ndarray:
-    if isinstance(X, torch.Tensor):
-        X = X.detach().cpu().numpy()
-    X = np.asarray(X, dtype=np.float32)
-    if X.ndim != 2:
-        raise ValueError(f"expected a 2-D array [n_samples, n_features], got shape {X.shape}")
-    if not np.isfinite(X).all():
-        raise ValueError("input contains NaN or inf")
-    return np.ascontiguousarray(X)
+def squared_distances(X, centers) -> np.ndarray:
+    """||x_i - c_j||^2 [n, k] in float64, as ||x||^2 - 2 x.c + ||c||^2 (exact enough for argmin and
+    the softmax; rounding below zero is clamped)."""
+    X = np.asarray(X, dtype=np.float64)
+    C = np.asarray(centers, dtype=np.float64)
+    return np.maximum((X**2).sum(1)[:, None] - 2 * X @ C.T + (C**2).sum(1)[None, :], 0.0)
+
+
+def nearest_centre(X, centers) -> np.ndarray:
+    """Index of the nearest of `centers` [k, d] for each row of X [n, d]: int64 [n].
+
+    The one assignment rule of ABOClusterer.predict, the served champion and the benchmark (and
+    what KMeans.predict computes)."""
+    return squared_distances(X, centers).argmin(axis=1).astype(np.int64)
 
 
 def farthest_from_mean(X: np.ndarray, k: int) -> np.ndarray:
@@ -54,7 +63,9 @@ def farthest_from_mean(X: np.ndarray, k: int) -> np.ndarray:
 INITS = ("farthest", "k-means++")
 
 
-def initial_indices(X: np.ndarray, k: int, init: str, random_state: int | None) -> np.ndarray:
+def initial_indices(
+    X: np.ndarray, k: int, init: str, random_state: int | np.random.RandomState | None
+) -> np.ndarray:
     """Rows of X that seed the centres: the document's rule, or k-means++ seeding."""
     if init == "farthest":
         return farthest_from_mean(X, k)
@@ -63,8 +74,10 @@ def initial_indices(X: np.ndarray, k: int, init: str, random_state: int | None) 
     raise ValueError(f"init={init!r}: expected one of {INITS}")
 
 
-def epoch_orders(random_state: int | None, n: int):
+def epoch_orders(random_state: int | np.random.RandomState | None, n: int):
     """Per-epoch shuffles shared by the fast path and the reference loop, so both see the same batches."""
+    if isinstance(random_state, np.random.RandomState):  # scikit-learn's other kind of seed
+        random_state = int(random_state.randint(np.iinfo(np.int32).max))
     rng = np.random.default_rng(random_state)
     while True:
         yield rng.permutation(n)
@@ -97,7 +110,7 @@ def reference_fit(
     dtype: torch.dtype = torch.float32,
 ) -> tuple[np.ndarray, list[float]]:
     """The plain autograd loop (reference for tests and the benchmark): (centres, per-epoch losses)."""
-    Xn = _as_numpy(X)
+    Xn = check_array(X, dtype=np.float32, order="C")
     x = torch.from_numpy(Xn).to(dtype)
     net = ABONet(x[initial_indices(Xn, n_clusters, init, random_state)], temperature)
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS)
@@ -124,7 +137,7 @@ def _abo_epoch(X, order, C, m, v, step, lr, temperature, batch_size, max_steps):
     """One epoch of minibatch Adam on the centres, in place. Returns (steps done, mean batch loss)."""
     n, dim = X.shape
     k = C.shape[0]
-    b1, b2 = 0.9, 0.999
+    b1, b2 = ADAM_BETAS
     d = np.empty(k, np.float64)
     q = np.empty(k, np.float64)
     gx = np.zeros((k, dim), np.float64)  # sum_i g_ij x_i
@@ -178,7 +191,7 @@ def _abo_epoch(X, order, C, m, v, step, lr, temperature, batch_size, max_steps):
                 grad = -2.0 * (gx[j, f] - gs[j] * C[j, f])
                 m[j, f] = b1 * m[j, f] + (1.0 - b1) * grad
                 v[j, f] = b2 * v[j, f] + (1.0 - b2) * grad * grad
-                C[j, f] -= step_size * m[j, f] / (math.sqrt(v[j, f]) / bc2_sqrt + 1e-8)
+                C[j, f] -= step_size * m[j, f] / (math.sqrt(v[j, f]) / bc2_sqrt + ADAM_EPS)
         loss_sum += batch_loss / B
         n_batches += 1
     return step, loss_sum / max(n_batches, 1)
@@ -199,15 +212,30 @@ class ABOClusterer(ClusterMixin, BaseEstimator):
         with the encoder by tune/finetune.py). The document's rule often puts several centres in
         one outlying cluster, and a centre far from every point gets no gradient, so it stays
         dead; k-means++ seeding avoids that.
-    random_state : seed of the per-epoch shuffles (and of k-means++ seeding).
+    random_state : int, RandomState or None: seed of the per-epoch shuffles (and of k-means++
+        seeding).
     max_steps : optional cap on the number of Adam steps (None = all epochs).
 
     Attributes
     ----------
     cluster_centers_ : [k, d] float32. labels_ : [n] int64 (argmax q on the training data).
     loss_history_ : per-epoch mean batch loss. n_iter_ : Adam steps taken. init_indices_ : [k]
-    (with a string init).
+    (with a string init). n_features_in_ (and feature_names_in_ for named columns).
+
+    Input is validated by scikit-learn (2-D, finite, numeric) and cast to C-contiguous float32,
+    the numba kernel's input; predict and predict_proba cast the same way.
     """
+
+    _parameter_constraints: dict = {
+        "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "epochs": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "temperature": [Interval(Real, 0, None, closed="neither")],
+        "init": [StrOptions(set(INITS)), "array-like"],
+        "random_state": ["random_state"],
+        "max_steps": [Interval(Integral, 0, None, closed="left"), None],
+    }
 
     def __init__(
         self,
@@ -217,8 +245,8 @@ class ABOClusterer(ClusterMixin, BaseEstimator):
         epochs: int = 200,
         batch_size: int | None = 32,
         temperature: float = 1.0,
-        init: str = "farthest",
-        random_state: int | None = 0,
+        init: str | np.ndarray = "farthest",
+        random_state: int | np.random.RandomState | None = 0,
         max_steps: int | None = None,
     ) -> None:
         self.init = init
@@ -230,29 +258,27 @@ class ABOClusterer(ClusterMixin, BaseEstimator):
         self.random_state = random_state
         self.max_steps = max_steps
 
-    def _check_params(self, n_samples: int) -> None:
-        if not 1 <= self.n_clusters <= n_samples:
-            raise ValueError(f"n_clusters={self.n_clusters} must be in [1, n_samples={n_samples}]")
-        if self.lr <= 0 or self.epochs < 0 or self.temperature <= 0:
-            raise ValueError("lr and temperature must be > 0 and epochs >= 0")
-        if isinstance(self.init, str) and self.init not in INITS:
-            raise ValueError(f"init={self.init!r}: expected one of {INITS} or an array of centres")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} must be >= 1 or None")
-
-    def fit(self, X, y=None) -> ABOClusterer:
-        X = _as_numpy(X)
-        self._check_params(len(X))
+    def _initial_centers(self, X: np.ndarray) -> np.ndarray:
+        """[k, d] float64 starting centres: rows of X picked by the string `init`, or `init` itself."""
         if isinstance(self.init, str):
             self.init_indices_ = initial_indices(X, self.n_clusters, self.init, self.random_state)
-            C = X[self.init_indices_].astype(np.float64)
-        else:  # given centres, as KMeans(init=array): e.g. ones trained jointly with the encoder
-            C = np.array(self.init, dtype=np.float64)
-            if C.shape != (self.n_clusters, X.shape[1]):
-                raise ValueError(
-                    f"init has shape {C.shape}, expected (n_clusters, n_features) = "
-                    f"({self.n_clusters}, {X.shape[1]})"
-                )
+            return X[self.init_indices_].astype(np.float64)
+        # given centres, as KMeans(init=array): e.g. ones trained jointly with the encoder
+        C = check_array(self.init, dtype=np.float64, copy=True, order="C")
+        if C.shape != (self.n_clusters, X.shape[1]):
+            raise ValueError(
+                f"init has shape {C.shape}, expected (n_clusters, n_features) = "
+                f"({self.n_clusters}, {X.shape[1]})"
+            )
+        return C
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None) -> ABOClusterer:
+        # float32 C-contiguous: the numba kernel's input type
+        X = validate_data(self, X, dtype=np.float32, order="C")
+        if X.shape[0] < self.n_clusters:
+            raise ValueError(f"n_samples={X.shape[0]} should be >= n_clusters={self.n_clusters}.")
+        C = self._initial_centers(X)
         m, v = np.zeros_like(C), np.zeros_like(C)
         bs = int(self.batch_size or len(X))
         max_steps = self.max_steps if self.max_steps is not None else np.iinfo(np.int64).max
@@ -275,35 +301,24 @@ class ABOClusterer(ClusterMixin, BaseEstimator):
             self.loss_history_.append(float(loss))
         self.n_iter_ = step
         self.cluster_centers_ = C.astype(np.float32)
-        self.n_features_in_ = X.shape[1]
-        self.labels_ = self.predict(X)
+        self.labels_ = nearest_centre(X, self.cluster_centers_)
         return self
 
-    def _distances(self, X) -> np.ndarray:
-        check_is_fitted(self, "cluster_centers_")
-        X = _as_numpy(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {X.shape[1]} features, the clusterer was fitted on {self.n_features_in_}"
-            )
-        C = self.cluster_centers_.astype(np.float64)
-        # ||x||^2 - 2 x.c + ||c||^2 in float64: exact enough for argmin and the softmax
-        Xd = X.astype(np.float64)
-        return np.maximum((Xd**2).sum(1)[:, None] - 2 * Xd @ C.T + (C**2).sum(1)[None, :], 0.0)
+    def _check_test_data(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        # float32 as in fit, so predict(X_train) reproduces labels_
+        return validate_data(self, X, dtype=np.float32, order="C", reset=False)
 
     def predict_proba(self, X) -> np.ndarray:
         """Soft assignment q = softmax(-d / T): [n, k], rows sum to 1."""
-        z = -self._distances(X) / self.temperature
+        z = -squared_distances(self._check_test_data(X), self.cluster_centers_) / self.temperature
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
         return p / p.sum(axis=1, keepdims=True)
 
     def predict(self, X) -> np.ndarray:
         """Nearest centre = argmax of the soft assignment (softmax is monotone in -d)."""
-        return self._distances(X).argmin(axis=1).astype(np.int64)
-
-    def fit_predict(self, X, y=None) -> np.ndarray:
-        return self.fit(X).labels_
+        return nearest_centre(self._check_test_data(X), self.cluster_centers_)
 
 
 ABO_clusterer = ABOClusterer  # the document's name

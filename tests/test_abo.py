@@ -7,9 +7,17 @@ from sklearn.base import clone
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import adjusted_rand_score
+from sklearn.utils.estimator_checks import check_param_validation, parametrize_with_checks
 
 from models import ABO_clusterer as exported
-from models.abo import ABO_clusterer, ABOClusterer, ABONet, farthest_from_mean, reference_fit
+from models.abo import (
+    ABO_clusterer,
+    ABOClusterer,
+    ABONet,
+    farthest_from_mean,
+    nearest_centre,
+    reference_fit,
+)
 
 
 @pytest.fixture(scope="module")
@@ -147,10 +155,54 @@ def test_bad_input():
         ABOClusterer(n_clusters=5).fit(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="NaN"):
         ABOClusterer(n_clusters=1).fit(np.array([[np.nan, 0.0], [1.0, 1.0]]))
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(ValueError, match="2D array"):
         ABOClusterer().fit(np.zeros(10))
+    with pytest.raises(ValueError, match="init has shape"):
+        ABOClusterer(n_clusters=2, init=np.zeros((3, 2))).fit(np.zeros((5, 2)))
+    with pytest.raises(ValueError, match="init"):
+        ABOClusterer(init="random").fit(np.zeros((20, 2)))
+    with pytest.raises(ValueError, match="batch_size"):
+        ABOClusterer(batch_size=0).fit(np.zeros((20, 2)))
 
 
 def test_constant_embedding_collapses_without_crashing():
     est = ABOClusterer(n_clusters=3, epochs=2).fit(np.ones((50, 4), np.float32))
     assert len(np.unique(est.labels_)) == 1
+
+
+def test_given_centres_are_kept_with_no_epochs(blobs):
+    X = blobs[0]
+    centres = X[[0, 1, 2]] + 0.25
+    est = ABOClusterer(n_clusters=3, init=centres, epochs=0).fit(X)
+    np.testing.assert_array_equal(est.cluster_centers_, centres)
+    assert est.n_iter_ == 0 and est.loss_history_ == []
+    np.testing.assert_array_equal(est.labels_, nearest_centre(X, centres))
+
+
+def test_nearest_centre():
+    X = np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 3.1]])
+    C = np.array([[0.0, 3.0], [0.1, 0.0], [5.0, 0.0]])
+    np.testing.assert_array_equal(nearest_centre(X, C), [1, 2, 0])
+    assert nearest_centre(X, C).dtype == np.int64
+
+
+def test_random_state_instance_is_accepted(blobs):
+    X = blobs[0][:300]
+    a = ABOClusterer(4, epochs=2, init="k-means++", random_state=np.random.RandomState(3)).fit(X)
+    b = ABOClusterer(4, epochs=2, init="k-means++", random_state=np.random.RandomState(3)).fit(X)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+
+
+@parametrize_with_checks(
+    [
+        ABOClusterer(n_clusters=3, epochs=5, batch_size=None),
+        ABOClusterer(n_clusters=3, epochs=5, batch_size=None, init="k-means++"),
+    ],
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_parameter_constraints():
+    # Not among parametrize_with_checks' checks: scikit-learn runs it on its own estimators only.
+    check_param_validation("ABOClusterer", ABOClusterer(n_clusters=3, epochs=1))

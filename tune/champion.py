@@ -22,6 +22,7 @@ import torch
 from packaging.requirements import Requirement
 
 import mlflow
+from models.abo import nearest_centre
 from models.build import build_autoencoder
 from tune.reduction import apply_reduction
 from tune.trial import (
@@ -43,7 +44,7 @@ class ClusterModel(mlflow.pyfunc.PythonModel):
         result = json.loads((d / RESULT_FILE).read_text())
         self.image_shape = tuple(self.config["image_shape"])
         self.clusterer = result.get("best_clusterer", "kmeans")
-        self.centers = np.load(d / CLUSTERERS_FILE)[self.clusterer].astype(np.float64)
+        self.centers = np.load(d / CLUSTERERS_FILE)[self.clusterer]
         # The trial's PCA or UMAP of the codes, if the winning clusterer saw them reduced.
         self.reducer = None
         if (d / REDUCTION_FILE).exists() and clusterer_space(
@@ -66,9 +67,7 @@ class ClusterModel(mlflow.pyfunc.PythonModel):
         images = images.reshape(-1, 1, *self.image_shape)
         with torch.no_grad():
             z = self.model.encode(torch.from_numpy(images)).numpy()
-        z = apply_reduction(self.reducer, z).astype(np.float64)
-        d = (z**2).sum(1)[:, None] - 2 * z @ self.centers.T + (self.centers**2).sum(1)[None, :]
-        return d.argmin(axis=1).astype(np.int64)
+        return nearest_centre(apply_reduction(self.reducer, z), self.centers)
 
 
 # Search-time only: the served model never imports them.

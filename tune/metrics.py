@@ -29,12 +29,17 @@ from sklearn.metrics import (
     normalized_mutual_info_score,
 )
 
-from tune.names import CLUSTER_METRICS, CLUSTERS_USED, LABEL_METRICS  # the one set of names
+from tune.names import (  # the one set of names
+    CLUSTER_DEGENERATE,
+    CLUSTER_METRICS,
+    CLUSTERS_USED,
+    LABEL_METRICS,
+)
+from tune.training import pick_device
 
 SILHOUETTE, DAVIES_BOULDIN, CALINSKI_HARABASZ = CLUSTER_METRICS
 NMI, ARI, ACC = LABEL_METRICS
-DEGENERATE = "degenerate"
-CLUSTER_SCORE_KEYS = (*CLUSTER_METRICS, CLUSTERS_USED, DEGENERATE)
+CLUSTER_SCORE_KEYS = (*CLUSTER_METRICS, CLUSTERS_USED, CLUSTER_DEGENERATE)
 
 # Square distance blocks of this side keep a float32 block (4 MiB) in the L3 cache;
 # on the 2-core EPYC dev box 1024-1280 was fastest (768: +18%, 2048 spills L3).
@@ -52,12 +57,6 @@ def _to_numpy(a: Any) -> np.ndarray:
     if isinstance(a, torch.Tensor):
         return a.detach().cpu().numpy()
     return np.asarray(a)
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @contextmanager
@@ -253,7 +252,7 @@ def silhouette_scores(
     if not valid:
         return scores
 
-    dev = _resolve_device(device)
+    dev = torch.device(device) if device is not None else pick_device()
     # Sort points by joint cell so every cluster of every labeling is a union of
     # contiguous runs; this enables the cheap segment reduction in `_Block`.
     joint = np.stack([codes[i] for i in valid], axis=1)
@@ -341,7 +340,7 @@ def cluster_scores(
             DAVIES_BOULDIN: davies_bouldin(x_np, labels),
             CALINSKI_HARABASZ: calinski_harabasz(x_np, labels),
             CLUSTERS_USED: int(len(np.unique(labels))),
-            DEGENERATE: float(is_degenerate(labels)),
+            CLUSTER_DEGENERATE: float(is_degenerate(labels)),
         }
     return out
 

@@ -15,6 +15,9 @@ LABEL_METRICS = ("nmi", "ari", "acc")  # reporting only: never used for selectio
 # "silhouette" when the clusterer saw the codes themselves), and how many clusters it uses.
 LATENT_SILHOUETTE = "latent_silhouette"
 CLUSTERS_USED = "clusters_used"
+# Per split and clusterer: 1.0 when its labeling is degenerate (< 2 clusters or one per sample), so
+# its silhouette, Davies-Bouldin and Calinski-Harabasz are NaN. The trial-level flag is DEGENERATE.
+CLUSTER_DEGENERATE = "degenerate"
 
 EPOCH = "epoch"
 TRAIN_LOSS = "train/recon_loss"  # per epoch: mean training-mode loss; final: eval-mode MSE on train
@@ -38,7 +41,7 @@ OBJECTIVES: dict[str, str] = {SILHOUETTE: "max", RECON_LOSS: "min"}
 # partly collapsed clustering inflates its silhouette and must not win over a full one).
 BEST_CLUSTERER = "best_clusterer"
 PARTIAL = "partial_clustering"  # 1.0 when SILHOUETTE comes from a clustering with unused clusters
-DEGENERATE = "degenerate"  # 1.0 when no clusterer gave a valid validation labeling
+DEGENERATE = "degenerate"  # trial level: 1.0 when no clusterer gave a valid validation labeling
 DEGENERATE_CLUSTERERS = "degenerate_clusterers"  # tag: clusterers whose labeling collapsed
 DIVERGED = "diverged"  # 1.0 when training hit a NaN/inf loss
 STATUS = "status"  # "ok" | "degenerate" | "diverged"

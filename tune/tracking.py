@@ -14,7 +14,6 @@ import os
 import platform
 import queue
 import shlex
-import subprocess
 import sys
 import threading
 import time
@@ -29,6 +28,7 @@ from ray.tune import Callback
 
 from mlflow import MlflowClient
 from tune import names as N
+from tune.provenance import git_commit
 from tune.store import (  # noqa: F401 - the store helpers, also importable from here
     LOCAL_STORE,
     TrackingError,
@@ -43,7 +43,6 @@ from tune.store import (  # noqa: F401 - the store helpers, also importable from
 
 log = logging.getLogger("clustertune.tracking")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "ray.trial_id"
 SEARCH_TAG = "clustertune.search"
@@ -59,25 +58,6 @@ def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str)
         db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
         artifact_location = (db.parent / "artifacts" / name).as_uri()
     return client.create_experiment(name, artifact_location=artifact_location)
-
-
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return f"{sha}{'-dirty' if dirty else ''}" if sha else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def library_versions() -> dict[str, str]:
@@ -530,8 +510,10 @@ def result_tags(result: Mapping[str, Any]) -> list[RunTag]:
     ]
     tags.append(RunTag("node_ip", str(result.get("node_ip", ""))))
     tags.append(RunTag(N.DEGENERATE, "true" if result.get(N.DEGENERATE) else "false"))
-    split = "val" if N.metric("val", "degenerate", N.CLUSTERERS[0]) in result else "train"
-    collapsed = [c for c in N.CLUSTERERS if result.get(N.metric(split, "degenerate", c)) == 1.0]
+    split = "val" if N.metric("val", N.CLUSTER_DEGENERATE, N.CLUSTERERS[0]) in result else "train"
+    collapsed = [
+        c for c in N.CLUSTERERS if result.get(N.metric(split, N.CLUSTER_DEGENERATE, c)) == 1.0
+    ]
     tags.append(RunTag(N.DEGENERATE_CLUSTERERS, ",".join(collapsed)))
     return tags
 

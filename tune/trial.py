@@ -32,7 +32,7 @@ from tune import names as N
 from tune import plots
 from tune.data import Dataset
 from tune.finetune import Stage, finetune, initial_centers
-from tune.metrics import cluster_scores, label_scores, silhouette_scores
+from tune.metrics import CLUSTER_SCORE_KEYS, cluster_scores, label_scores, silhouette_scores
 from tune.reduction import apply_reduction, fit_reduction
 from tune.training import (
     DivergedError,
@@ -295,7 +295,7 @@ def _score_split(result, split, seen, z, labels, y, device) -> None:
         space = seen[names[0]][split]
         scores = cluster_scores(space, {n: labels[n] for n in names}, device=device)
         for name, s in scores.items():
-            for metric in (*N.CLUSTER_METRICS, N.CLUSTERS_USED, "degenerate"):
+            for metric in CLUSTER_SCORE_KEYS:
                 result[N.metric(split, metric, name)] = float(s[metric])
     elsewhere = [n for n in labels if seen[n][split] is not z[split]]
     if elsewhere:
