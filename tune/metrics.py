@@ -29,11 +29,15 @@ from sklearn.metrics import (
     normalized_mutual_info_score,
 )
 
-from tune.names import CLUSTER_METRICS, CLUSTERS_USED, LABEL_METRICS  # the one set of names
+from tune.names import (  # the one set of names
+    CLUSTER_METRICS,
+    CLUSTERS_USED,
+    DEGENERATE,
+    LABEL_METRICS,
+)
 
 SILHOUETTE, DAVIES_BOULDIN, CALINSKI_HARABASZ = CLUSTER_METRICS
 NMI, ARI, ACC = LABEL_METRICS
-DEGENERATE = "degenerate"
 CLUSTER_SCORE_KEYS = (*CLUSTER_METRICS, CLUSTERS_USED, DEGENERATE)
 
 # Square distance blocks of this side keep a float32 block (4 MiB) in the L3 cache;
