@@ -90,6 +90,7 @@ def work(args):
     import torch
 
     torch.set_num_threads(2)
+    from tune import names as N
     from tune.data import load_dataset
     from tune.space import validate_config
     from tune.trial import run_trial
@@ -105,7 +106,7 @@ def work(args):
         k: v
         for k, v in r.items()
         if isinstance(v, (int, float, str))
-        and (k.startswith("val/") or k in ("best_clusterer", "status", "n_parameters"))
+        and (k.startswith("val/") or k in (N.BEST_CLUSTERER, N.STATUS, "n_parameters"))
     }
     return {"i": i, "config": cfg, "seconds": time.perf_counter() - t0, **keep}
 

@@ -1,11 +1,11 @@
 """Both cluster launcher files pass Ray's own validator, offline (as Ray's tests do)."""
 
-import copy
 from pathlib import Path
 
 import pytest
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config
+
+from tune.ray_private import validate_cluster_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("name", ["cluster.yaml", "cluster.local.yaml"])
 def test_ray_validates_the_cluster_file(name):
     config = yaml.safe_load((REPO / name).read_text())
-    validate_config(prepare_config(copy.deepcopy(config)))
+    validate_cluster_config(config)
 
 
 def test_aws_file_has_cpu_and_gpu_worker_types_and_mlflow_on_the_head():

@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import os
-import pickle
 import shutil
 import signal
 import socket
@@ -28,6 +27,7 @@ import yaml
 
 from mlflow import MlflowClient
 from tune import names as N
+from tune import ray_private
 from tune.trial import ARTIFACTS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -213,23 +213,15 @@ def finished(experiment_dir: Path) -> set[str]:
 
 def saved_statuses(experiment_dir: Path) -> dict[str, str]:
     """trial id -> status, as in the experiment state Tune last saved (what --resume restores)."""
-    # newest session last: the names carry its start time (mtimes do not: Ray re-copies them all)
-    states = sorted(experiment_dir.glob("experiment_state-*.json"))
-    if not states:
-        return {}
     try:
-        data = json.loads(states[-1].read_text())
+        return ray_private.saved_trial_statuses(experiment_dir)
     except (json.JSONDecodeError, OSError):  # being written
         return {}
-    trials = (json.loads(t[0]) for t in data["trial_data"])
-    return {t["trial_id"]: t["status"] for t in trials}
 
 
 def optuna_study(experiment_dir: Path):
     """The Optuna study inside the searcher state Tune saved last."""
-    state = max(experiment_dir.glob("searcher-state-*.pkl"))  # newest session (see above)
-    with state.open("rb") as f:
-        return pickle.load(f)["_ot_study"]
+    return ray_private.saved_optuna_study(experiment_dir)
 
 
 # --------------------------------------------------------------------------- MLflow's records

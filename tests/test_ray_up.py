@@ -50,10 +50,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ray._private.utils import get_dashboard_dependency_error
 
 from mlflow import MlflowClient
 from tune.local_cluster import free_port, processes_of
+from tune.ray_private import dashboard_dependency_error
 
 REPO = Path(__file__).resolve().parent.parent
 SSHD = Path("/usr/sbin/sshd")
@@ -367,7 +367,7 @@ def test_ray_up_submit_down(ssh_host):
         assert _through_tunnel(cluster, host, mlflow_port, "/health") == 200  # MLflow's UI
         # The dashboard runs only with ray[default] (the cluster files install it, the test's
         # venv may lack it: then there is nothing to reach).
-        if get_dashboard_dependency_error() is None:
+        if dashboard_dependency_error() is None:
             assert _through_tunnel(cluster, host, dashboard_port, "/") is not None
         seconds["port forwards"] = time.monotonic() - t
 

@@ -6,6 +6,9 @@ same "/" separator, so these names read the same in Tune's progress table, its r
 MLflow.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 SPLITS = ("train", "val", "test")
 CLUSTERERS = ("abo", "kmeans")
 CLUSTER_METRICS = ("silhouette", "davies_bouldin", "calinski_harabasz")
@@ -44,7 +47,7 @@ PARTIAL = "partial_clustering"  # 1.0 when SILHOUETTE comes from a clustering wi
 DEGENERATE = "degenerate"  # trial level: 1.0 when no clusterer gave a valid validation labeling
 DEGENERATE_CLUSTERERS = "degenerate_clusterers"  # tag: clusterers whose labeling collapsed
 DIVERGED = "diverged"  # 1.0 when training hit a NaN/inf loss
-STATUS = "status"  # "ok" | "degenerate" | "diverged"
+STATUS = "status"  # in a trial's final result only: one of Status
 TRIAL_SECONDS = "time/trial_s"
 # Wall seconds of each stage of a trial: time/<stage>_s (bench/ reads them from results too).
 STAGES = ("pretrain", "finetune", "embed", "reduction", "abo", "kmeans", "metrics")
@@ -63,3 +66,22 @@ def metric(split: str, name: str, clusterer: str | None = None) -> str:
 def stage_seconds(stage: str) -> str:
     """'time/pretrain_s' for stage_seconds('pretrain')."""
     return f"time/{stage}_s"
+
+
+class Status:
+    """The values of STATUS. Plain strings, not an Enum: MLflow tags, result JSON and
+    all_trials.csv carry exactly these."""
+
+    OK = "ok"
+    DIVERGED = "diverged"  # NaN/inf training loss: NaN objectives
+    DEGENERATE = "degenerate"  # no valid clustering: NaN silhouette
+    # Never in a result: the MLflow tag of a trial Ray saw raise (tune.tracking), and in the trials
+    # table (tune.report) that or a trial without a final result.
+    ERROR = "error"
+    INCOMPLETE = "incomplete"
+
+
+def is_final(result: Mapping[str, Any]) -> bool:
+    """Whether a Tune result (or a row of a results table) is a trial's final one: only that one
+    carries a STATUS, as a string (a table's per-epoch rows may hold NaN there)."""
+    return isinstance(result.get(STATUS), str)

@@ -62,8 +62,8 @@ def trials_table(results, points: list[tuple[str, dict]] | None = None) -> pd.Da
             }
         )
         if r.error is not None:
-            row[N.STATUS] = "error"
-        row.setdefault(N.STATUS, "incomplete")
+            row[N.STATUS] = N.Status.ERROR
+        row.setdefault(N.STATUS, N.Status.INCOMPLETE)
         row["checkpoint"] = r.checkpoint.path if r.checkpoint is not None else ""
         rows.append(row)
     return pd.DataFrame(rows)
@@ -84,7 +84,7 @@ def summarise(
     df["beats_points"] = False
     rule = "nearest to the ideal point, objectives normalised over the front"
     if len(df) and all(k in df for k in N.OBJECTIVES):
-        ok = df[N.STATUS] == "ok"
+        ok = df[N.STATUS] == N.Status.OK
         is_point = df["point"] != ""
         df["beats_points"] = beats_all(df, df[ok & is_point]) & ok
         try:
@@ -132,7 +132,7 @@ def log_summary(client, parent_run_id: str, summary: Summary) -> None:
 
 def plot_front(df: pd.DataFrame, path: Path) -> None:
     sil, rec = N.SILHOUETTE, N.RECON_LOSS
-    ok = df[df[N.STATUS] == "ok"]
+    ok = df[df[N.STATUS] == N.Status.OK]
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.scatter(ok[rec], ok[sil], c="lightgray", edgecolors="gray", label="trials")
     front = ok[ok["pareto"]].sort_values(rec)

@@ -29,13 +29,13 @@ elif _ROOT not in sys.path:
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import pickle  # noqa: E402
 import shlex  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 from tune import names as N  # noqa: E402
+from tune import ray_private  # noqa: E402 - imports no Ray itself
 from tune.data import DATASETS, DatasetError, default_data_dir, load_dataset  # noqa: E402
 from tune.store import (  # noqa: E402 - light: no mlflow/ray/torch import before the checks
     TrackingError,
@@ -484,9 +484,8 @@ def make_tuner(args, space: SearchSpace, num_samples: int, dataset, name, storag
         # Restore brings back the run config pickled with the experiment, callbacks included: a
         # logger bound to the MLflow URI and parent run of the first start. Ray has no public way
         # to pass new callbacks, so this one (this command's --mlflow-uri) replaces it.
-        restored = tuner._local_tuner.get_run_config()
-        others = [c for c in restored.callbacks or [] if not isinstance(c, MLflowTrialLogger)]
-        restored.callbacks = [*others, logger]
+        others = [c for c in ray_private.callbacks(tuner) if not isinstance(c, MLflowTrialLogger)]
+        ray_private.set_callbacks(tuner, [*others, logger])
     else:
         searcher = make_searcher(space, args.seed)
         scheduler = (
@@ -516,16 +515,11 @@ def tune_finished(experiment_location: str) -> bool:
     if "://" in experiment_location:
         return False
     experiment_dir = Path(experiment_location)
-    states = sorted(experiment_dir.glob("experiment_state-*.json"))  # names carry the start time
-    generators = sorted(experiment_dir.glob("search_gen_state-*.json"))
-    if not states or not generators:
-        return False
     try:
-        trials = [json.loads(t[0]) for t in json.loads(states[-1].read_text())["trial_data"]]
-        with generators[-1].open("rb") as f:
-            generator = pickle.load(f)  # a pickle despite its name
-        created_all = generator["finished"] or generator["counter"] >= generator["total_samples"]
-        return bool(trials) and created_all and all(t["status"] == "TERMINATED" for t in trials)
+        statuses = ray_private.saved_trial_statuses(experiment_dir)
+        if not statuses or not ray_private.searcher_created_all(experiment_dir):
+            return False
+        return all(s == ray_private.TERMINATED for s in statuses.values())
     except Exception:  # noqa: BLE001 - an unknown format: let Tune decide
         return False
 

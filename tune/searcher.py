@@ -17,7 +17,7 @@ from tune import names as N
 from tune.space import SearchSpace
 
 # Final statuses with no usable objective pair (NaN silhouette and/or NaN loss).
-FAILED_STATUSES = ("diverged", "degenerate")
+FAILED_STATUSES = (N.Status.DIVERGED, N.Status.DEGENERATE)
 
 
 def define(trial, space: SearchSpace, seed: int) -> dict[str, Any]:
@@ -40,7 +40,7 @@ class ClusterSearch(OptunaSearch):
         status = (result or {}).get(N.STATUS)
         if status in FAILED_STATUSES:
             result, error = None, True  # no values + error: Ray tells Optuna FAIL
-        elif result is not None and not isinstance(status, str):
+        elif result is not None and not N.is_final(result):
             result = None  # no final report: Ray tells Optuna PRUNED (FAIL if it errored)
         super().on_trial_complete(trial_id, result=result, error=error)
 

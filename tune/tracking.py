@@ -256,7 +256,7 @@ class MLflowTrialLogger(Callback):
             run_id = found[0].info.run_id
             history = self.client.get_metric_history(run_id, N.TRAIN_LOSS)
             self.epochs_logged[run_id] = {(m.step, m.value) for m in history}
-            if N.STATUS in found[0].data.tags:
+            if N.is_final(found[0].data.tags):  # its final result is logged
                 self.final_logged.add(run_id)
             logged = found[0].data.params
         else:
@@ -292,7 +292,7 @@ class MLflowTrialLogger(Callback):
         tags: list[RunTag] = []
         points, final = set(), False
         for result in results:
-            if isinstance(result.get(N.STATUS), str) and not (run_id in self.final_logged or final):
+            if N.is_final(result) and not (run_id in self.final_logged or final):
                 final = True
                 tags = result_tags(result)
                 metrics += result_metrics(result)
@@ -354,10 +354,10 @@ class MLflowTrialLogger(Callback):
             with checkpoint.as_directory() as d:
                 log_trial_artifacts(self.client, run_id, Path(d))
         if error is not None:
-            tags = {**tags, "error": error[-4000:], N.STATUS: "error"}
+            tags = {**tags, "error": error[-4000:], N.STATUS: N.Status.ERROR}
         if tags:
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        failed = errored or result.get(N.STATUS) == "diverged"
+        failed = errored or result.get(N.STATUS) == N.Status.DIVERGED
         self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
     # -- Tune hooks (the driver's event loop: queue and return) -----------------------------
@@ -424,7 +424,7 @@ class MLflowTrialLogger(Callback):
         # every per-epoch point and the final result the run lacks, in a few requests
         history = r.metrics_dataframe
         rows = history.to_dict("records") if history is not None else []
-        per_epoch = [row for row in rows if not isinstance(row.get(N.STATUS), str)]
+        per_epoch = [row for row in rows if not N.is_final(row)]
         changed = self.log_results(run_id, [*per_epoch, metrics])
         run = self.client.get_run(run_id)
         if run.info.status in ("FINISHED", "FAILED"):
@@ -492,7 +492,7 @@ def epoch_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
                 row[N.CLUSTER_LOSS] = _float(cluster[0])
             rows.append(row)
         return rows
-    return [] if isinstance(result.get(N.STATUS), str) else [dict(result)]
+    return [] if N.is_final(result) else [dict(result)]
 
 
 def _float(value: Any) -> float:
@@ -501,7 +501,7 @@ def _float(value: Any) -> float:
 
 def result_tags(result: Mapping[str, Any]) -> list[RunTag]:
     """The trial's tags, from its final result (none for a per-epoch one)."""
-    if not isinstance(result.get(N.STATUS), str):
+    if not N.is_final(result):
         return []
     tags = [
         RunTag(key, str(result[key])[:5000])

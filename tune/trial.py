@@ -179,7 +179,7 @@ def run_trial(
             {
                 N.SILHOUETTE: math.nan,
                 N.RECON_LOSS: math.nan,
-                N.STATUS: "diverged",
+                N.STATUS: N.Status.DIVERGED,
                 N.DIVERGED: 1.0,
                 N.DEGENERATE: 0.0,
                 N.EPOCH: e.epoch,
@@ -228,7 +228,7 @@ def run_trial(
             N.PARTIAL: float(partial),
             N.DEGENERATE: 0.0 if best else 1.0,
             N.DIVERGED: 0.0,
-            N.STATUS: "ok" if best else "degenerate",
+            N.STATUS: N.Status.OK if best else N.Status.DEGENERATE,
             "abo/n_iter": float(abo.n_iter_),
             "abo/final_loss": abo.loss_history_[-1] if abo.loss_history_ else math.nan,
         }
@@ -426,7 +426,7 @@ def trainable(config: dict[str, Any], data: Dataset) -> None:
         result = run_trial(
             config, data, device=pick_device(gpu), out_dir=out, on_epoch=on_epoch, resume=resume
         )
-        if result[N.STATUS] == "diverged":
+        if result[N.STATUS] == N.Status.DIVERGED:
             (Path(out) / RESULT_FILE).write_text(json.dumps(result, indent=1))
         tune.report(
             # result[N.EPOCH]: the last epoch run (a diverged trial: the one it stopped at)
