@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import search_runs
 
 from mlflow import MlflowClient
 from tune.local_cluster import LocalRayCluster, mlflow_server, processes_of
@@ -99,12 +100,7 @@ def outcome(tmp_path_factory) -> Outcome:
         assert search.returncode == 0, search.stdout[-3000:] + search.stderr[-5000:]
         # Read back through the server only: nothing here looks at its store directly.
         client = MlflowClient(server.uri)
-        exp = client.get_experiment_by_name(EXPERIMENT)
-        runs = client.search_runs([exp.experiment_id])
-        out.parent = next(r for r in runs if r.info.run_name == NAME)
-        out.children = [
-            r for r in runs if r.data.tags.get("mlflow.parentRunId") == out.parent.info.run_id
-        ]
+        out.parent, out.children = search_runs(server.uri, NAME, EXPERIMENT)
         for r in out.children:
             out.child_artifacts[r.info.run_id] = {
                 a.path for a in client.list_artifacts(r.info.run_id)

@@ -50,8 +50,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import search_runs
 
-from mlflow import MlflowClient
 from tune.local_cluster import free_port, processes_of
 from tune.ray_private import dashboard_dependency_error
 
@@ -354,10 +354,7 @@ def test_ray_up_submit_down(ssh_host):
             if _cmd(p)[0].endswith(b"gcs_server")
         ]
         assert gcs and all(b"RAY_AUTH_MODE=token" in _environ(p) for p in gcs)
-        client = MlflowClient(uri)
-        runs = client.search_runs([client.get_experiment_by_name("clustertune").experiment_id])
-        parent = next(r for r in runs if r.info.run_name == "ray-up")
-        kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        parent, kids = search_runs(uri, "ray-up", "clustertune")
         assert parent.info.status == "FINISHED" and len(kids) == 2
         assert (host.home / "clustertune" / "mlflow" / "store" / "mlflow.db").exists()
 

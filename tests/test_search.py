@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_search, search_runs
 
 import mlflow
 from mlflow import MlflowClient
 from tune import names as N
 from tune.data import load_dataset
 from tune.trial import ARTIFACTS
-
-REPO = Path(__file__).resolve().parent.parent
-SEARCH = [sys.executable, str(REPO / "tune" / "search.py")]
-
-
-def run_search(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*SEARCH, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
 
 
 def test_help_describes_every_flag():
@@ -119,16 +108,6 @@ def smoke_search(tmp_path_factory):
     return out, uri, tmp
 
 
-def _children(client, uri):
-    exp = client.get_experiment_by_name("test-exp")
-    runs = client.search_runs([exp.experiment_id])
-    parent = [r for r in runs if r.info.run_name == "smoke-test"]
-    assert len(parent) == 1
-    parent = parent[0]
-    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    return parent, kids
-
-
 def test_smoke_search_prints_front_and_ui_command(smoke_search):
     out, uri, _ = smoke_search
     assert "Pareto front" in out.stdout
@@ -139,7 +118,7 @@ def test_smoke_search_prints_front_and_ui_command(smoke_search):
 def test_parent_run_records_what_reproduces_it(smoke_search):
     _, uri, _ = smoke_search
     client = MlflowClient(uri)
-    parent, _ = _children(client, uri)
+    parent, _ = search_runs(uri, "smoke-test", "test-exp")
     tags, params = parent.data.tags, parent.data.params
     assert "tune/search.py" in tags["command"] and "--smoke" in tags["command"]
     assert len(tags["mlflow.source.git.commit"]) >= 7
@@ -161,7 +140,7 @@ def test_parent_run_records_what_reproduces_it(smoke_search):
 def test_every_trial_is_a_complete_child_run(smoke_search):
     _, uri, _ = smoke_search
     client = MlflowClient(uri)
-    _, kids = _children(client, uri)
+    _, kids = search_runs(uri, "smoke-test", "test-exp")
     assert len(kids) == 6
     assert len({k.data.tags[("ray.trial_id")] for k in kids}) == 6
     for run in kids:
@@ -190,7 +169,7 @@ def test_every_trial_is_a_complete_child_run(smoke_search):
 def test_four_trials_really_ran_at_once_and_lost_nothing(smoke_search):
     _, uri, _ = smoke_search
     client = MlflowClient(uri)
-    _, kids = _children(client, uri)
+    _, kids = search_runs(uri, "smoke-test", "test-exp")
     spans = [(k.info.start_time, k.info.end_time) for k in kids]
     overlap = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
     assert overlap >= 4
@@ -311,9 +290,7 @@ def test_a_search_with_the_new_stages_serves_its_winner(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("staged-exp")
-    runs = client.search_runs([exp.experiment_id])
-    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parent, kids = search_runs(uri, "staged", "staged-exp")
     assert sorted(k.data.params["finetune"] for k in kids) == ["abo", "dec"]
     for kid in kids:
         assert kid.data.tags[N.STATUS] == "ok"
@@ -321,7 +298,6 @@ def test_a_search_with_the_new_stages_serves_its_winner(tmp_path):
         assert steps == [5, 6]  # the two fine-tuning epochs, after 4 of pre-training
         assert N.stage_seconds("finetune") in kid.data.metrics
         assert N.metric("val", N.LATENT_SILHOUETTE, "kmeans") in kid.data.metrics
-    parent = next(r for r in runs if r.info.run_name == "staged")
     won = parent.data.tags["winner_trial_id"]
     winner = next(k for k in kids if k.data.tags["ray.trial_id"] == won)
     mlflow.set_tracking_uri(uri)

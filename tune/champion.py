@@ -78,7 +78,7 @@ def pip_requirements(repo: Path) -> list[str]:
     """The project's runtime dependencies minus search-only ones, pinned to the installed versions.
 
     Given explicitly because MLflow's inference (a subprocess that loads the model and watches its
-    imports) takes ~8 s here and gets it wrong: it lists the local `clustertune` package, which no
+    imports) is slow and gets it wrong: it lists the local `clustertune` package, which no
     index has, and misses torch.
     """
     deps = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]

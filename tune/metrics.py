@@ -1,8 +1,8 @@
 """Clustering and reconstruction metrics shared by every trial and every clusterer.
 
 The hot spot is the exact Euclidean silhouette: each trial scores several labelings
-(KMeans, ABO, ...) of the same embedding, and scikit-learn needs ~30 s per labeling at
-n=60k.  `silhouette_scores` makes one pass over the pairwise distances for all labelings
+(KMeans, ABO, ...) of the same embedding, and scikit-learn pays the O(n^2 d) distances once per
+labeling.  `silhouette_scores` makes one pass over the pairwise distances for all labelings
 together, so the O(n^2 d) distance work is paid once and most of it runs in BLAS.
 
 Everything else (Davies-Bouldin, Calinski-Harabasz, label agreement, reconstruction
@@ -41,12 +41,11 @@ SILHOUETTE, DAVIES_BOULDIN, CALINSKI_HARABASZ = CLUSTER_METRICS
 NMI, ARI, ACC = LABEL_METRICS
 CLUSTER_SCORE_KEYS = (*CLUSTER_METRICS, CLUSTERS_USED, CLUSTER_DEGENERATE)
 
-# Square distance blocks of this side keep a float32 block (4 MiB) in the L3 cache;
-# on the 2-core EPYC dev box 1024-1280 was fastest (768: +18%, 2048 spills L3).
-# GPUs get the largest block max_tile_elements allows.
+# Square distance blocks of this side keep a float32 block (4 MiB) in a typical L3 cache
+# (bench/RESULTS.md, silhouette); GPUs get the largest block max_tile_elements allows.
 _CPU_BLOCK = 1024
-# Relative rounding noise of float32 ||x||^2 + ||y||^2 - 2 x.y when x == y: measured
-# <= 8 ulp (2**-24) of ||x||^2 + ||y||^2 for d in 2..784; 2x margin.  Per row we use
+# Relative rounding noise of float32 ||x||^2 + ||y||^2 - 2 x.y when x == y: at most
+# 8 ulp (2**-24) of ||x||^2 + ||y||^2 for d in 2..784, doubled for margin.  Per row we use
 # 2 ||x_i||^2 for the sum, as the two norms are equal for (near-)coincident points.
 _GRAM_NOISE = 16 * 2.0**-24
 # Cap on the float64 per-cell accumulator [n_cells, n] (256 MiB).
@@ -87,7 +86,7 @@ class _Block:
     Points are sorted by their joint cell (the tuple of their labels over all
     labelings), so a block usually spans only a few cells.  On CPU, summing distances
     over those few contiguous segments is much cheaper than a matmul with the
-    [block, k1+k2+...] one-hot (~0.4 s instead of ~1.9 s at n=60k, k=10+10).  Blocks
+    [block, k1+k2+...] one-hot (one GEMM instead of a scatter per labeling).  Blocks
     spanning many cells (``segments is None``) use the one-hot matmul instead.
     """
 

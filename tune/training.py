@@ -1,7 +1,8 @@
 """Train an autoencoder on images held as one tensor on the device, and embed data with it.
 
 No DataLoader: the whole split lives on the device as float32 [N, 1, H, W] and each epoch is a
-seeded permutation cut into index slices (a DataLoader costs about 25% at batch 32 here).
+seeded permutation cut into index slices (a DataLoader's per-batch collation is overhead at
+batch 32).
 All parameters and gradients live in one flat buffer each, so Adam is one fused kernel over one
 tensor instead of one launch per layer: at batch 32 the per-step overhead, not the arithmetic,
 dominates on a CPU.
@@ -76,7 +77,7 @@ def _flatten_parameters(model: nn.Module) -> nn.Parameter:
 
 
 def use_channels_last(model: nn.Module) -> nn.Module:
-    """Conv models train ~1.7x faster on the CPU in channels_last (oneDNN's native layout, and
+    """Conv models train faster on the CPU in channels_last (oneDNN's native layout, and
     max-pooling stops being the bottleneck); for [N, 1, H, W] inputs the layout is the same memory."""
     if any(isinstance(m, nn.Conv2d | nn.ConvTranspose2d) for m in model.modules()):
         model.to(memory_format=torch.channels_last)

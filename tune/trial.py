@@ -46,11 +46,15 @@ from tune.training import (
 # Save the training state at most this often (seconds): Ray persists every checkpoint to storage,
 # which costs more than a fast epoch; a killed trial loses at most this much work.
 CHECKPOINT_INTERVAL_S = float(os.environ.get("CLUSTERTUNE_CHECKPOINT_INTERVAL_S", "30"))
-# Each tune.report costs the trial a few ms in its actor and the driver more (results, loggers,
-# searcher): with epochs of ~0.1 s that is a tenth of a core per trial, taken from the trials on
-# a busy node. Epochs are therefore reported at most this often, each report carrying the epochs
-# since the last one (names.EPOCH_LOG), so Tune, ASHA and MLflow still see every epoch.
+# Each tune.report costs the trial time in its actor and the driver more (results, loggers,
+# searcher), which short epochs cannot afford. Epochs are therefore reported at most this often,
+# each report carrying the epochs since the last one (names.EPOCH_LOG), so Tune, ASHA and MLflow
+# still see every epoch.
 REPORT_INTERVAL_S = float(os.environ.get("CLUSTERTUNE_REPORT_INTERVAL_S", "1"))
+# Test-only, for event-driven fault tests (tests/conftest.py's Hold): "DIR:EPOCH" makes a trial
+# that reaches EPOCH (not its last) report it with a checkpoint, then wait while DIR/hold exists
+# (and DIR/release-<trial id> does not).
+TEST_HOLD = os.environ.get("CLUSTERTUNE_TEST_HOLD")
 STATE_FILE = "train_state.pt"
 MODEL_FILE = "model.pt"
 CLUSTERERS_FILE = "clusterers.npz"
@@ -371,6 +375,28 @@ def _node_id() -> str:
     return socket.gethostname()
 
 
+def _hold_file(epoch: int) -> Path | None:
+    """TEST_HOLD's marker for this trial when it must wait at `epoch`, else None. A retried
+    trial, whose marker exists, never waits twice."""
+    if TEST_HOLD is None:
+        return None
+    from ray import tune
+
+    directory, at = TEST_HOLD.rsplit(":", 1)
+    marker = Path(directory) / f"held-{tune.get_context().get_trial_id()}"
+    if epoch != int(at) or not (Path(directory) / "hold").exists() or marker.exists():
+        return None
+    return marker
+
+
+def _wait_while_held(marker: Path) -> None:
+    """Wait until the hold is off, or this trial alone is let go (DIR/release-<trial id>)."""
+    marker.touch()
+    release = marker.parent / marker.name.replace("held-", "release-", 1)
+    while (marker.parent / "hold").exists() and not release.exists():
+        time.sleep(0.05)
+
+
 def trainable(config: dict[str, Any], data: Dataset) -> None:
     """Ray Tune function trainable: `tune.with_parameters(trainable, data=dataset)`."""
     from ray import tune
@@ -401,7 +427,8 @@ def trainable(config: dict[str, Any], data: Dataset) -> None:
         if record["epoch"] >= last_epoch:
             return  # the final report right after carries it, and a checkpoint
         now = time.monotonic()
-        checkpoint_due = now - last_checkpoint >= CHECKPOINT_INTERVAL_S
+        hold = _hold_file(record["epoch"])
+        checkpoint_due = hold is not None or now - last_checkpoint >= CHECKPOINT_INTERVAL_S
         if not checkpoint_due and now - last_report < REPORT_INTERVAL_S:
             return
         metrics = {
@@ -421,6 +448,8 @@ def trainable(config: dict[str, Any], data: Dataset) -> None:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         else:
             tune.report(metrics)
+        if hold is not None:
+            _wait_while_held(hold)
 
     with tempfile.TemporaryDirectory() as out:
         result = run_trial(

@@ -1,0 +1,247 @@
+"""The test harness: run real searches, wait for what they do, read back Ray's and MLflow's records.
+
+Every test that runs `python tune/search.py` uses these (pytest puts this folder on sys.path, so
+tests import the helpers with `from conftest import ...`; fixtures come by name).
+
+Fault tests are event-driven: `hold` makes trials stop at a chosen epoch (tune/trial.py's test
+hook, `CLUSTERTUNE_TEST_HOLD`) until the test releases them, so a fault happens at a known point
+of a trial however fast or slow the machine is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from mlflow import MlflowClient
+from tune import names as N
+from tune import ray_private
+
+REPO = Path(__file__).resolve().parent.parent
+SEARCH = [sys.executable, str(REPO / "tune" / "search.py")]
+
+
+def run_search(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python tune/search.py ARGS` to the end, output captured."""
+    return subprocess.run(
+        [*SEARCH, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+class Hold:
+    """Trials that reach `epoch` (not their last) wait there while the hold is on, after
+    reporting that epoch (with a checkpoint) to Tune. A trial marks that it is waiting with a
+    file `held-<trial id>`; a trial retried after a fault does not wait a second time."""
+
+    def __init__(self, directory: Path, epoch: int) -> None:
+        self.dir, self.epoch = directory, epoch
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"CLUSTERTUNE_TEST_HOLD": f"{self.dir}:{self.epoch}"}
+
+    def on(self) -> None:
+        (self.dir / "hold").touch()
+
+    def release(self, *trial_ids: str) -> None:
+        """Let the given trials go on, or every trial when none is named (the hold goes off)."""
+        for trial_id in trial_ids:
+            (self.dir / f"release-{trial_id}").touch()
+        if not trial_ids:
+            (self.dir / "hold").unlink(missing_ok=True)
+
+    def held(self) -> set[str]:
+        """Trial ids waiting at the hold (or that waited there before a release)."""
+        return {p.name.removeprefix("held-") for p in self.dir.glob("held-*")}
+
+
+class Search:
+    """`python tune/search.py ARGS` in a new session (its Ray processes join it), output to a log."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._out = log.open("w")
+        self.proc = subprocess.Popen(
+            [*SEARCH, *args],
+            cwd=REPO,
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(
+                f"search still running after {timeout} s:\n{self.tail()}"
+            ) from None
+
+    def kill(self) -> None:
+        """SIGKILL the driver's process group, then whatever else of its session survives (Ray's
+        workers make process groups of their own)."""
+        sid = self.proc.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sid, signal.SIGKILL)
+        self.proc.wait(30)
+        for _ in range(50):
+            left = session_pids(sid)
+            if not left:
+                return
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        raise AssertionError(f"processes of session {sid} survive: {session_pids(sid)}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None or session_pids(self.proc.pid):
+            self.kill()
+        self._out.close()
+
+    def tail(self, n: int = 6000) -> str:
+        return self.log.read_text(errors="replace")[-n:]
+
+
+def session_pids(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-s", str(sid), "-o", "pid="], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.fixture
+def searches(tmp_path):
+    """Start searches with `searches(args, log_name, **env)`; every one is ended afterwards."""
+    # Ray's socket paths must stay under 107 bytes: pytest's tmp_path is too deep for RAY_TMPDIR.
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    started: list[Search] = []
+
+    def start(args: list[str], log: str, **env: str) -> Search:
+        full_env = {
+            **os.environ,
+            "RAY_TMPDIR": ray_tmp,
+            "PYTHONPATH": str(REPO),
+            "RAY_DEDUP_LOGS": "0",
+            **env,
+        }
+        search = Search(args, full_env, tmp_path / log)
+        started.append(search)
+        return search
+
+    yield start
+    for search in started:
+        search.close()
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def wait_for(condition, timeout: float, what: str, search: Search | None = None, poll=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if search is not None and search.proc.poll() is not None:
+            raise AssertionError(f"search ended before {what}:\n{search.tail()}")
+        time.sleep(poll)
+    raise AssertionError(f"no {what} after {timeout} s" + (f":\n{search.tail()}" if search else ""))
+
+
+def logged_epochs(
+    uri: str, filter_string: str, experiment: str = "faults"
+) -> tuple[str, int] | None:
+    """(trial id, epochs in MLflow) of the first child run matching `filter_string`, if any."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string) if exp else []
+    runs = [r for r in runs if "ray.trial_id" in r.data.tags]
+    if not runs:
+        return None
+    history = client.get_metric_history(runs[0].info.run_id, N.TRAIN_LOSS)
+    return runs[0].data.tags["ray.trial_id"], len(history)
+
+
+def worker_of(trial_id: str, search: Search) -> int | None:
+    """The pid of the Ray worker running the trial: Tune runs each trial in its own directory."""
+    for pid in session_pids(search.proc.pid):
+        with contextlib.suppress(OSError):
+            if trial_id in os.readlink(f"/proc/{pid}/cwd"):
+                return pid
+    return None
+
+
+# --------------------------------------------------------------------------- Ray's records
+
+
+def trial_results(experiment_dir: Path) -> dict[str, list[dict]]:
+    """trial id -> every result Ray recorded for it (result.json, one JSON object per line)."""
+    out = {}
+    for f in experiment_dir.glob("*/result.json"):
+        rows = []
+        for line in f.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):  # a line being written
+                rows.append(json.loads(line))
+        if rows:
+            out[rows[0]["trial_id"]] = rows
+    return out
+
+
+def reported_epochs(rows: list[dict]) -> list[list[float]]:
+    """[epoch, train loss, val loss] of every epoch the rows carry (names.EPOCH_LOG), in order."""
+    return [entry for r in rows for entry in r.get(N.EPOCH_LOG, [])]
+
+
+def finished(experiment_dir: Path) -> set[str]:
+    """Trials whose final result (with a status) is on disk."""
+    return {t for t, rows in trial_results(experiment_dir).items() if N.STATUS in rows[-1]}
+
+
+def saved_statuses(experiment_dir: Path) -> dict[str, str]:
+    """trial id -> status, as in the experiment state Tune last saved (what --resume restores)."""
+    try:
+        return ray_private.saved_trial_statuses(experiment_dir)
+    except (json.JSONDecodeError, OSError):  # being written
+        return {}
+
+
+def optuna_study(experiment_dir: Path):
+    """The Optuna study inside the searcher state Tune saved last."""
+    return ray_private.saved_optuna_study(experiment_dir)
+
+
+# --------------------------------------------------------------------------- MLflow's records
+
+
+def search_runs(uri: str, name: str, experiment: str = "faults"):
+    """(the parent run named `name`, its active child runs) in MLflow `experiment`: the one
+    parent/child lookup of every test that reads a search back."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [
+        r for r in runs if r.info.run_name == name and "mlflow.parentRunId" not in r.data.tags
+    ]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    parent = parents[0]
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, kids
+
+
+def epoch_points(client: MlflowClient, run) -> list[int]:
+    """Steps of the per-epoch training-loss points: the final result adds one at the last epoch
+    (its eval-mode loss), which is removed here."""
+    steps = sorted(h.step for h in client.get_metric_history(run.info.run_id, N.TRAIN_LOSS))
+    if run.data.tags.get(N.STATUS) in ("ok", "degenerate") and steps:
+        steps.remove(steps[-1])
+    return steps
