@@ -76,6 +76,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from models import abo  # noqa: E402
 from models.build import build_autoencoder  # noqa: E402
 from tune import names as N  # noqa: E402
+from tune.config import TrialConfig  # noqa: E402
 from tune.data import DEBIAN_FASHION_MNIST_DIR, DatasetError, load_dataset  # noqa: E402
 from tune.metrics import silhouette_scores  # noqa: E402
 from tune.provenance import git_commit  # noqa: E402
@@ -475,9 +476,9 @@ def ae_images(n: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
 
 
-def fresh_model(cfg: dict[str, Any], device) -> nn.Module:
+def fresh_model(cfg: TrialConfig, device) -> nn.Module:
     torch.manual_seed(0)
-    return build_autoencoder(cfg, (28, 28)).to(device)
+    return build_autoencoder(cfg.autoencoder, (28, 28)).to(device)
 
 
 def bench_ae_epoch(mode: Mode) -> tuple[list[Row], list[str]]:
@@ -487,10 +488,11 @@ def bench_ae_epoch(mode: Mode) -> tuple[list[Row], list[str]]:
     x_cpu = images_to_tensor(images, "cpu")
     log(f"ae_epoch: {len(images):,} images, device {device}")
     rows = []
-    for label, cfg in (("mlp (doc1)", doc_config(0)), ("conv (doc2)", doc_config(1))):
+    for label, flat in (("mlp (doc1)", doc_config(0)), ("conv (doc2)", doc_config(1))):
+        cfg = TrialConfig.from_flat(flat)
         for bs in (32, 256):
             kw = dict(
-                lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]), batch_size=bs, seed=0
+                lr=cfg.training.lr, weight_decay=cfg.training.weight_decay, batch_size=bs, seed=0
             )
 
             warm = bs * 20  # ~20 steps of each path before timing
@@ -596,14 +598,14 @@ def run_reference(
     """The same trial written the plain way: DataLoader training, autograd ABO, sklearn everything."""
     timer = StageTimer()
     device = pick_device()
-    seed = int(config["seed"])
-    bs = int(config["batch_size"])
+    cfg = TrialConfig.from_flat(config)
+    seed, bs, c = cfg.seed, cfg.training.batch_size, cfg.clustering
     out: dict[str, Any] = {}
 
     def setup():
         torch.manual_seed(seed)
         np.random.seed(seed)
-        model = build_autoencoder(config, dataset.image_shape).to(device)
+        model = build_autoencoder(cfg.autoencoder, dataset.image_shape).to(device)
         xs = {"train": images_to_tensor(dataset.x_train), "test": images_to_tensor(dataset.x_test)}
         return model, xs
 
@@ -614,10 +616,10 @@ def run_reference(
             model,
             xs["train"],
             device,
-            lr=float(config["lr"]),
-            weight_decay=float(config["weight_decay"]),
+            lr=cfg.training.lr,
+            weight_decay=cfg.training.weight_decay,
             batch_size=bs,
-            epochs=int(config["epochs"]),
+            epochs=cfg.training.epochs,
             seed=seed,
         ),
         gate=True,
@@ -647,14 +649,14 @@ def run_reference(
     for s, x in xs.items():
         out[f"{s}/recon_loss"] = timer.run("recon loss", lambda x=x: recon(x))
 
-    epochs = int(config["abo_epochs"])
+    epochs = c.abo_epochs
     ref_epochs = ref_abo_epochs if ref_abo_epochs else epochs
     abo_kw = dict(
-        n_clusters=int(config["n_clusters"]),
-        lr=float(config["abo_lr"]),
-        batch_size=config["abo_batch_size"],
-        temperature=float(config["abo_temperature"]),
-        init=config.get("abo_init", "farthest"),
+        n_clusters=c.n_clusters,
+        lr=c.abo_lr,
+        batch_size=c.abo_batch_size,
+        temperature=c.abo_temperature,
+        init=c.abo_init,
         random_state=seed,
     )
     centres, _ = timer.run(
@@ -670,7 +672,7 @@ def run_reference(
 
     @torch.no_grad()
     def abo_labels(zs):  # the document's label rule: argmax of the soft assignment
-        net = abo.ABONet(torch.from_numpy(centres), float(config["abo_temperature"]))
+        net = abo.ABONet(torch.from_numpy(centres), c.abo_temperature)
         return torch.cat(
             [
                 net(torch.from_numpy(c))[1].argmax(1)
@@ -681,11 +683,8 @@ def run_reference(
     abo_lab = timer.run("ABO", lambda: {s: abo_labels(zz) for s, zz in z.items()})
 
     def kmeans():
-        km = KMeans(
-            n_clusters=int(config["n_clusters"]),
-            n_init=int(config["kmeans_n_init"]),
-            random_state=seed,
-        ).fit(z["train"])
+        km = KMeans(n_clusters=c.n_clusters, n_init=c.kmeans_n_init, random_state=seed)
+        km.fit(z["train"])
         return {"train": km.labels_, "test": km.predict(z["test"])}
 
     km_lab = timer.run("KMeans", kmeans, gate=True)

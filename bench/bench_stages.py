@@ -43,8 +43,9 @@ import torch  # noqa: E402
 from bench_core import RESULTS, loadavg, machine_lines, md_table  # noqa: E402
 
 from tune import names as N  # noqa: E402
+from tune.config import Clustering, Finetune, TrialConfig  # noqa: E402
 from tune.data import load_dataset  # noqa: E402
-from tune.finetune import Stage, finetune, initial_centers  # noqa: E402
+from tune.finetune import finetune, initial_centers  # noqa: E402
 from tune.space import load_space  # noqa: E402
 from tune.training import embed, images_to_tensor, train_autoencoder  # noqa: E402
 from tune.trial import run_trial  # noqa: E402
@@ -198,7 +199,8 @@ def stage_cost(ds, config: dict[str, Any], kind: str, epochs: int = 3) -> tuple[
     torch.manual_seed(0)
     from models.build import build_autoencoder
 
-    model = build_autoencoder(config, ds.image_shape)
+    cfg = TrialConfig.from_flat(config)
+    model = build_autoencoder(cfg.autoencoder, ds.image_shape)
     x = images_to_tensor(ds.x_train)
     stamps = [time.perf_counter()]
     train_autoencoder(
@@ -206,12 +208,12 @@ def stage_cost(ds, config: dict[str, Any], kind: str, epochs: int = 3) -> tuple[
         epochs=epochs + 1, seed=0, on_epoch=lambda *_: stamps.append(time.perf_counter()),
     )  # fmt: skip
     pre = seconds_per_epoch(stamps[1:])  # the first epoch warms up
-    stage = Stage(
+    stage = Finetune(
         kind, epochs + 1, 5e-4, config["batch_size"], 0.1,
         temperature_start=10.0, temperature_end=0.1, update_interval=140, tol=0.0,
     )  # fmt: skip
-    cfg = {**CLUSTERING, "kmeans_n_init": 1}
-    centers = initial_centers(kind, embed(model, x).numpy(), cfg)
+    clustering = Clustering(10, 0.1, 1, None, 1.0, "k-means++", kmeans_n_init=1)
+    centers = initial_centers(kind, embed(model, x).numpy(), clustering, seed=0)
     stamps = [time.perf_counter()]
     finetune(
         model, x, None, centers, stage, seed=0,
@@ -251,7 +253,7 @@ def cost(ds) -> list[str]:
     torch.manual_seed(0)
     from models.build import build_autoencoder
 
-    model = build_autoencoder(seeds["doc1-mlp"], ds.image_shape)
+    model = build_autoencoder(TrialConfig.from_flat(seeds["doc1-mlp"]).autoencoder, ds.image_shape)
     codes = embed(model, images_to_tensor(ds.x_train)).numpy()
     path = Path("/tmp/clustertune_bench_codes.npy")
     import numpy as np

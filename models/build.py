@@ -1,40 +1,37 @@
-"""Build an autoencoder from a flat trial config (the keys the search spaces use)."""
+"""Build an autoencoder from its typed description (tune.config.Autoencoder)."""
 
-from collections.abc import Mapping
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from models.conv import ConvAutoencoder
 from models.mlp import MLPAutoencoder
 
-
-def hidden_sizes(config: Mapping[str, Any], prefix: str) -> list[int]:
-    """[config[f"{prefix}_1"], ..., config[f"{prefix}_{depth}"]] for prefix mlp_width / conv_channels."""
-    depth = int(config["mlp_depth" if prefix == "mlp_width" else "conv_depth"])
-    return [int(config[f"{prefix}_{i}"]) for i in range(1, depth + 1)]
+if TYPE_CHECKING:
+    from tune.config import Autoencoder
 
 
-def build_autoencoder(config: Mapping[str, Any], image_shape: tuple[int, int]) -> nn.Module:
-    """MLPAutoencoder or ConvAutoencoder for `config["arch"]`, sized for `image_shape` (H, W)."""
-    arch = config["arch"]
-    if arch == "mlp":
+def build_autoencoder(ae: Autoencoder, image_shape: tuple[int, int]) -> nn.Module:
+    """MLPAutoencoder or ConvAutoencoder for `ae.arch`, sized for `image_shape` (H, W)."""
+    if ae.arch == "mlp":
         return MLPAutoencoder(
             image_shape=image_shape,
-            hidden=hidden_sizes(config, "mlp_width"),
-            latent_dim=int(config["latent_dim"]),
-            activation=config.get("mlp_activation", "relu"),
-            dropout=float(config.get("dropout", 0.0)),
-            batch_norm=bool(config.get("mlp_batch_norm", False)),
+            hidden=ae.net.hidden,
+            latent_dim=ae.latent_dim,
+            activation=ae.net.activation,
+            dropout=ae.dropout,
+            batch_norm=ae.net.batch_norm,
         )
-    if arch == "conv":
+    if ae.arch == "conv":
         return ConvAutoencoder(
             image_shape=image_shape,
-            channels=hidden_sizes(config, "conv_channels"),
-            latent_dim=int(config["latent_dim"]),
-            dropout=float(config.get("dropout", 0.0)),
+            channels=ae.net.channels,
+            latent_dim=ae.latent_dim,
+            dropout=ae.dropout,
         )
-    raise ValueError(f"unknown architecture {arch!r}: expected 'mlp' or 'conv'")
+    raise ValueError(f"unknown architecture {ae.arch!r}: expected 'mlp' or 'conv'")
 
 
 def count_parameters(model: nn.Module) -> int:

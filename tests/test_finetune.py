@@ -11,9 +11,9 @@ from models.abo import ABONet
 from models.dec import ClusteringLayer
 from models.mlp import MLPAutoencoder
 from tune import names as N
+from tune.config import Clustering, Finetune
 from tune.data import load_dataset
 from tune.finetune import (
-    Stage,
     abo_loss,
     finetune,
     initial_centers,
@@ -87,9 +87,10 @@ def pretrained(x: torch.Tensor) -> MLPAutoencoder:
     return model
 
 
+CLUSTERING = Clustering(3, 0.1, 5, None, 1.0, "k-means++", kmeans_n_init=4)
 STAGES = {
-    "abo": Stage("abo", 15, 1e-3, 32, 0.1, temperature_start=5.0, temperature_end=0.5),
-    "dec": Stage("dec", 15, 1e-3, 32, 0.1, update_interval=5, tol=0.0),
+    "abo": Finetune("abo", 15, 1e-3, 32, 0.1, temperature_start=5.0, temperature_end=0.5),
+    "dec": Finetune("dec", 15, 1e-3, 32, 0.1, update_interval=5, tol=0.0),
 }
 
 
@@ -98,8 +99,7 @@ def test_finetuning_lowers_the_clustering_loss_and_keeps_reconstruction(kind):
     x, y = blobs_as_images()
     model = pretrained(x)
     before = reconstruction_loss(model, x)
-    config = {"n_clusters": 3, "seed": 0, "abo_init": "k-means++", "kmeans_n_init": 4}
-    centers = initial_centers(kind, embed(model, x).numpy(), config)
+    centers = initial_centers(kind, embed(model, x).numpy(), CLUSTERING, seed=0)
     history, tuned = finetune(model, x, x, centers, STAGES[kind], seed=0, first_epoch=30)
     assert [h["epoch"] for h in history] == list(range(31, 46))
     losses = [h["cluster_loss"] for h in history]
@@ -118,9 +118,8 @@ def test_finetuning_lowers_the_clustering_loss_and_keeps_reconstruction(kind):
 def test_dec_stops_early_when_few_labels_change():
     x, _ = blobs_as_images()
     model = pretrained(x)
-    config = {"n_clusters": 3, "seed": 0, "abo_init": "k-means++", "kmeans_n_init": 4}
-    centers = initial_centers("dec", embed(model, x).numpy(), config)
-    stage = Stage("dec", 50, 1e-3, 32, 0.1, update_interval=3, tol=0.01)
+    centers = initial_centers("dec", embed(model, x).numpy(), CLUSTERING, seed=0)
+    stage = Finetune("dec", 50, 1e-3, 32, 0.1, update_interval=3, tol=0.01)
     history, _ = finetune(model, x, None, centers, stage, seed=0)
     # separable blobs: labels settle at once, so the stage ends long before 50 epochs
     assert len(history) < 50

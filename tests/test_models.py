@@ -6,16 +6,10 @@ import torch
 from models.build import build_autoencoder, count_parameters
 from models.conv import ConvAutoencoder
 from models.mlp import MLPAutoencoder
+from tune.config import Autoencoder, ConvNet, MLPNet
 
-DOC1 = {"arch": "mlp", "mlp_depth": 1, "mlp_width_1": 128, "latent_dim": 64}
-DOC2 = {
-    "arch": "conv",
-    "conv_depth": 2,
-    "conv_channels_1": 16,
-    "conv_channels_2": 8,
-    "latent_dim": 64,
-    "dropout": 0.2,
-}
+DOC1 = Autoencoder("mlp", MLPNet(hidden=(128,), activation="relu", batch_norm=False), 64, 0.0)
+DOC2 = Autoencoder("conv", ConvNet(channels=(16, 8)), latent_dim=64, dropout=0.2)
 
 
 def test_doc1_mlp_is_exact():
@@ -78,4 +72,4 @@ def test_conv_rejects_indivisible_images():
 
 def test_unknown_architecture():
     with pytest.raises(ValueError, match="unknown architecture"):
-        build_autoencoder({"arch": "transformer"}, (28, 28))
+        build_autoencoder(Autoencoder("transformer", ConvNet((8,)), 8, 0.0), (28, 28))

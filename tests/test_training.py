@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from models.build import build_autoencoder
+from tune.config import Autoencoder, ConvNet, MLPNet
 from tune.data import load_dataset
 from tune.training import (
     DivergedError,
@@ -16,23 +17,8 @@ from tune.training import (
     train_autoencoder,
 )
 
-MLP = {
-    "arch": "mlp",
-    "mlp_depth": 2,
-    "mlp_width_1": 64,
-    "mlp_width_2": 32,
-    "latent_dim": 10,
-    "dropout": 0.1,
-    "mlp_batch_norm": True,
-}
-CONV = {
-    "arch": "conv",
-    "conv_depth": 2,
-    "conv_channels_1": 8,
-    "conv_channels_2": 8,
-    "latent_dim": 10,
-    "dropout": 0.2,
-}
+MLP = Autoencoder("mlp", MLPNet((64, 32), "relu", batch_norm=True), latent_dim=10, dropout=0.1)
+CONV = Autoencoder("conv", ConvNet((8, 8)), latent_dim=10, dropout=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +120,7 @@ def test_adam_step_equals_optimizer_step():
     assert opt_a.state[flat_a]["step"] == opt_b.state[flat_b]["step"] == 5
 
 
-PLAIN_MLP = {"arch": "mlp", "mlp_depth": 1, "mlp_width_1": 32, "latent_dim": 10}  # closed-form step
+PLAIN_MLP = Autoencoder("mlp", MLPNet((32,), "relu", False), 10, 0.0)  # the closed-form step
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

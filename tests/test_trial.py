@@ -15,6 +15,7 @@ from sklearn.metrics import normalized_mutual_info_score, silhouette_score
 
 from tune import names as N
 from tune.champion import ClusterModel
+from tune.config import TrialConfig
 from tune.data import load_dataset
 from tune.reduction import apply_reduction, fit_reduction
 from tune.trial import CLUSTERERS_FILE, REDUCTION_FILE, run_trial
@@ -172,12 +173,12 @@ def test_umap_with_a_seed_gives_the_same_codes_twice():
     z = np.concatenate([rng.normal(c, 0.3, size=(150, 6)) for c in (0.0, 3.0, 6.0)]).astype(
         np.float32
     )
-    config = {**UMAP, "umap_fit_size": 300, "seed": 3}
-    a = apply_reduction(fit_reduction(config, z), z)
-    b = apply_reduction(fit_reduction(config, z), z)
+    umap = TrialConfig.from_flat(config_with({**UMAP, "umap_fit_size": 300})).reduction
+    a = apply_reduction(fit_reduction(umap, 3, z), z)
+    b = apply_reduction(fit_reduction(umap, 3, z), z)
     assert a.shape == (450, 4)
     np.testing.assert_array_equal(a, b)
-    c = apply_reduction(fit_reduction({**config, "seed": 4}, z), z)
+    c = apply_reduction(fit_reduction(umap, 4, z), z)
     assert not np.array_equal(a, c)  # the seed is what fixes it
 
 

@@ -24,6 +24,8 @@ from packaging.requirements import Requirement
 import mlflow
 from models.abo import nearest_centre
 from models.build import build_autoencoder
+from tune import names as N
+from tune.config import TrialConfig
 from tune.reduction import apply_reduction
 from tune.trial import (
     CLUSTERERS_FILE,
@@ -40,18 +42,18 @@ class ClusterModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         d = Path(context.artifacts["trial"])
-        self.config = json.loads((d / CONFIG_FILE).read_text())
+        flat = json.loads((d / CONFIG_FILE).read_text())
+        self.image_shape = tuple(flat.pop("image_shape"))
+        self.config = TrialConfig.from_flat(flat, source=str(d / CONFIG_FILE))
         result = json.loads((d / RESULT_FILE).read_text())
-        self.image_shape = tuple(self.config["image_shape"])
-        self.clusterer = result.get("best_clusterer", "kmeans")
+        self.clusterer = result.get(N.BEST_CLUSTERER, "kmeans")
         self.centers = np.load(d / CLUSTERERS_FILE)[self.clusterer]
         # The trial's PCA or UMAP of the codes, if the winning clusterer saw them reduced.
         self.reducer = None
-        if (d / REDUCTION_FILE).exists() and clusterer_space(
-            self.config, self.clusterer
-        ) != "latent":
+        reduced = clusterer_space(self.config, self.clusterer) != "latent"
+        if reduced and (d / REDUCTION_FILE).exists():
             self.reducer = joblib.load(d / REDUCTION_FILE)
-        self.model = build_autoencoder(self.config, self.image_shape)
+        self.model = build_autoencoder(self.config.autoencoder, self.image_shape)
         self.model.load_state_dict(torch.load(d / MODEL_FILE, map_location="cpu"))
         self.model.eval()
 

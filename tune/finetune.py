@@ -26,8 +26,7 @@ the RNGs and the counters, and `finetune(..., resume=state)` continues from it e
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,6 +36,7 @@ from torch import nn
 
 from models.abo import ABONet, initial_indices
 from models.dec import ClusteringLayer
+from tune.config import Clustering, Finetune
 from tune.training import (
     DivergedError,
     adam_step,
@@ -45,51 +45,6 @@ from tune.training import (
     reconstruction_loss,
     use_channels_last,
 )
-
-
-@dataclass(frozen=True)
-class Stage:
-    """The fine-tuning settings of one trial (the config's `finetune*` and `dec_*` keys)."""
-
-    kind: str  # "abo" | "dec"
-    epochs: int
-    lr: float
-    batch_size: int
-    gamma: float
-    temperature_start: float = 1.0  # abo
-    temperature_end: float = 1.0  # abo
-    update_interval: int = 1  # dec
-    tol: float = 0.0  # dec
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Stage | None:
-        """None for `finetune: none`; the space's schema has already checked every value."""
-        kind = config["finetune"]
-        if kind == "none":
-            return None
-        common = {
-            "kind": kind,
-            "epochs": int(config["finetune_epochs"]),
-            "lr": float(config["finetune_lr"]),
-            "batch_size": int(config["finetune_batch_size"]),
-            "gamma": float(config["finetune_gamma"]),
-        }
-        if kind == "abo":
-            return cls(
-                **common,
-                temperature_start=float(config["finetune_temperature_start"]),
-                temperature_end=float(config["finetune_temperature_end"]),
-            )
-        return cls(
-            **common,
-            update_interval=int(config["dec_update_interval"]),
-            tol=float(config["dec_tol"]),
-        )
-
-    def temperature(self, epoch: int) -> float:
-        """ABO's temperature in 0-based `epoch` of the stage: geometric from start to end."""
-        frac = epoch / max(self.epochs - 1, 1)
-        return self.temperature_start * (self.temperature_end / self.temperature_start) ** frac
 
 
 class ABOLoss(torch.autograd.Function):
@@ -133,12 +88,14 @@ def kl_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (torch.xlogy(p, p) - p * torch.log(q)).sum(1).mean()
 
 
-def initial_centers(kind: str, z_train: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
+def initial_centers(
+    kind: str, z_train: np.ndarray, clustering: Clustering, seed: int
+) -> np.ndarray:
     """[k, d] float32 starting centres on the pre-trained codes: ABO's rule (abo) or KMeans (dec)."""
-    k, seed = int(config["n_clusters"]), int(config["seed"])
+    k = clustering.n_clusters
     if kind == "abo":
-        return z_train[initial_indices(z_train, k, config["abo_init"], seed)].astype(np.float32)
-    km = KMeans(n_clusters=k, n_init=int(config["kmeans_n_init"]), random_state=seed)
+        return z_train[initial_indices(z_train, k, clustering.abo_init, seed)].astype(np.float32)
+    km = KMeans(n_clusters=k, n_init=clustering.kmeans_n_init, random_state=seed)
     return km.fit(z_train).cluster_centers_.astype(np.float32)
 
 
@@ -153,7 +110,7 @@ def finetune(
     x_train: torch.Tensor,
     x_val: torch.Tensor | None,
     centers: np.ndarray,
-    stage: Stage,
+    stage: Finetune,
     *,
     seed: int,
     first_epoch: int = 0,
@@ -209,7 +166,7 @@ def finetune(
     n, bs = len(x_train), stage.batch_size
     stopped = False
     for e in range(len(history), stage.epochs):
-        temperature = stage.temperature(e)
+        temperature = stage.temperature(e) if stage.kind == "abo" else None
         order = torch.randperm(n, generator=gen).to(device)
         sums = torch.zeros(2, device=device)  # summed reconstruction and clustering losses
         seen = 0

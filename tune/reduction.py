@@ -19,38 +19,36 @@ latent space (tune/trial.py), and the two must never be compared as if alike.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from sklearn.decomposition import PCA
 
+from tune.config import Reduction
 
-def fit_reduction(config: Mapping[str, Any], z_train: np.ndarray) -> Any | None:
+
+def fit_reduction(reduction: Reduction, seed: int, z_train: np.ndarray) -> Any | None:
     """A fitted reducer with `transform` (sklearn's PCA or umap's UMAP), or None for the codes as
     they are (`reduction: none`, or a PCA that would keep every component: a rotation and a
     shift, which changes no distance and so no clustering or score)."""
-    kind = config["reduction"]
-    if kind == "none":
+    if reduction.kind == "none":
         return None
-    if kind == "pca":
-        k = int(config["pca_dim"])
-        if k >= z_train.shape[1]:
+    if reduction.kind == "pca":
+        if reduction.pca_dim >= z_train.shape[1]:
             return None
-        return PCA(n_components=k, svd_solver="full").fit(z_train)
-    return _fit_umap(config, z_train)
+        return PCA(n_components=reduction.pca_dim, svd_solver="full").fit(z_train)
+    return _fit_umap(reduction, seed, z_train)
 
 
-def _fit_umap(config: Mapping[str, Any], z_train: np.ndarray) -> Any:
+def _fit_umap(reduction: Reduction, seed: int, z_train: np.ndarray) -> Any:
     import umap  # only here: seconds to import, and most trials never need it
 
-    seed = int(config["seed"])
-    n_fit = min(int(config["umap_fit_size"]), len(z_train))
+    n_fit = min(reduction.umap_fit_size, len(z_train))
     rows = np.sort(np.random.default_rng(seed).choice(len(z_train), n_fit, replace=False))
     reducer = umap.UMAP(
-        n_components=int(config["umap_dim"]),
-        n_neighbors=min(int(config["umap_n_neighbors"]), n_fit - 1),
-        min_dist=float(config["umap_min_dist"]),
+        n_components=reduction.umap_dim,
+        n_neighbors=min(reduction.umap_n_neighbors, n_fit - 1),
+        min_dist=reduction.umap_min_dist,
         random_state=seed,
         transform_seed=seed,
         n_jobs=1,  # what a random_state implies anyway (reproducible); said, so UMAP does not warn

@@ -155,7 +155,8 @@ def plot_front(df: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def format_summary(summary: Summary, champion, model_name: str, elapsed: float) -> str:
+def format_summary(summary: Summary, version: str | None, model_name: str, elapsed: float) -> str:
+    """The printed end of a search; `version`: the champion's registered version, if any."""
     df = summary.trials
     counts = df[N.STATUS].value_counts().to_dict()
     lines = [
@@ -170,10 +171,8 @@ def format_summary(summary: Summary, champion, model_name: str, elapsed: float) 
     table.insert(0, "", ["*" if i == summary.winner else "" for i in table.index])
     lines.append(f"\nPareto front (* = chosen winner: {summary.rule}):")
     lines.append(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-    if champion is not None:
-        lines.append(
-            f"\nWinner registered as models:/{model_name}@champion (version {champion[1]})"
-        )
+    if version is not None:
+        lines.append(f"\nWinner registered as models:/{model_name}@champion (version {version})")
     return "\n".join(lines)
 
 

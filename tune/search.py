@@ -32,6 +32,7 @@ import math  # noqa: E402
 import shlex  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 from tune import names as N  # noqa: E402
@@ -46,7 +47,9 @@ from tune.store import (  # noqa: E402 - light: no mlflow/ray/torch import befor
 )
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
     from tune.space import SearchSpace
+    from tune.tracking import MLflowTrialLogger
 
 REPO_ROOT = Path(_ROOT)
 DEFAULT_STORAGE = REPO_ROOT / "ray_results"
@@ -178,11 +181,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_args(args: argparse.Namespace) -> tuple[SearchSpace, int]:
-    """Everything that can be checked before Ray or MLflow start. Raises UsageError."""
+@dataclass(frozen=True)
+class Settings:
+    """The command's arguments once checked and resolved (--smoke's defaults, --resume's saved
+    settings, the name, where results go, how many trials). Nothing changes it afterwards."""
+
+    args: argparse.Namespace  # as parsed, for the fields below that simply repeat it
+    space: SearchSpace
+    num_samples: int
+    tracking_uri: str
+    name: str
+    storage: str  # Tune's storage_path: an absolute local path or a URI
+    experiment_dir: str
+
+    def __getattr__(self, key: str):  # s.seed, s.weights, ...: the parsed value
+        return getattr(self.__dict__["args"], key)
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """A copy of `args` with --smoke's defaults and, for --resume, the RESUMED_SETTINGS the search
+    was started with (Tune restores its own state, not our data set, space, seed or weights)."""
+    values = dict(vars(args))
     if args.smoke:
-        args.space = "smoke" if args.space == "default" else args.space
-        args.dataset = "digits" if args.dataset == "auto" else args.dataset
+        values["space"] = "smoke" if args.space == "default" else args.space
+        values["dataset"] = "digits" if args.dataset == "auto" else args.dataset
+    if args.resume and args.name:
+        text = _read_text(f"{storage_location(args.storage_path, args.name)[1]}/{SETTINGS_FILE}")
+        if text is not None:
+            values.update({k: v for k, v in json.loads(text).items() if k in RESUMED_SETTINGS})
+    return argparse.Namespace(**values)
+
+
+def check_args(args: argparse.Namespace) -> Settings:
+    """Everything that can be checked before Ray or MLflow start. Raises UsageError."""
     if args.num_samples is not None and args.num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.max_concurrent is not None and args.max_concurrent < 1:
@@ -201,18 +232,21 @@ def check_args(args: argparse.Namespace) -> tuple[SearchSpace, int]:
         raise UsageError("--resume needs --name (the search to resume)")
     if args.name is not None and (not args.name or "/" in args.name):
         raise UsageError(f"--name {args.name!r}: must be non-empty and contain no '/'")
+    if args.time_budget_min is not None and not args.time_budget_min > 0:
+        raise UsageError(f"--time-budget-min must be > 0, got {args.time_budget_min}")
     from tune.space import SpaceError, load_space  # imports torch: after the cheap checks
 
     try:
         space = load_space(args.space)
     except SpaceError as e:
         raise UsageError(str(e)) from None
-    if args.time_budget_min is not None and not args.time_budget_min > 0:
-        raise UsageError(f"--time-budget-min must be > 0, got {args.time_budget_min}")
     n = args.num_samples or (SMOKE_SAMPLES if args.smoke else DEFAULT_SAMPLES)
     if space.max_trials is not None:
         n = min(n, space.max_trials)
-    return space, n
+    name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
+    storage, experiment_dir = storage_location(args.storage_path, name)
+    tracking_uri = args.mlflow_uri or default_tracking_uri()
+    return Settings(args, space, n, tracking_uri, name, storage, experiment_dir)
 
 
 # In the experiment directory: what a search was started with that --resume must reuse (Tune
@@ -229,51 +263,36 @@ RESUMED_SETTINGS = (
 )
 
 
-def resumed_settings(args: argparse.Namespace) -> None:
-    """For --resume, replace RESUMED_SETTINGS in `args` by those the search was started with."""
-    if not (args.resume and args.name):
-        return
-    text = _read_text(f"{storage_location(args.storage_path, args.name)[1]}/{SETTINGS_FILE}")
-    if text is not None:
-        for key, value in json.loads(text).items():
-            if key in RESUMED_SETTINGS:
-                setattr(args, key, value)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    resumed_settings(args)
+    args = resolve_args(parse_args(argv))
     try:
         # The tracking store first, before check_args imports torch: a dead server is reported
         # within 10 seconds of the command.
-        tracking_uri = args.mlflow_uri or default_tracking_uri()
-        check_tracking_uri(tracking_uri)
-        space, num_samples = check_args(args)
-        dataset = load_dataset(
-            args.dataset, args.data_dir, val_fraction=args.val_fraction, seed=args.seed
-        )
-        depth = _max_conv_depth(space)
+        check_tracking_uri(args.mlflow_uri or default_tracking_uri())
+        s = check_args(args)
+        dataset = load_dataset(s.dataset, s.data_dir, val_fraction=s.val_fraction, seed=s.seed)
+        depth = _max_conv_depth(s.space)
         h, w = dataset.image_shape
         if h % 2**depth or w % 2**depth:
             raise UsageError(
-                f"{space.path}: parameters.conv_depth: up to {depth} stages do not fit "
+                f"{s.space.path}: parameters.conv_depth: up to {depth} stages do not fit "
                 f"{dataset.name}'s {h}x{w} images"
             )
     except (UsageError, DatasetError, TrackingError) as e:  # check_args wraps SpaceError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.dataset == "auto" and dataset.name != "mnist":
+    if s.dataset == "auto" and dataset.name != "mnist":
         print(
             "="
             * 78
-            + f"\nMNIST is not on disk under {args.data_dir}/MNIST/raw and could not be downloaded:"
+            + f"\nMNIST is not on disk under {s.data_dir}/MNIST/raw and could not be downloaded:"
             " using scikit-learn's 8x8 digits instead.\nPut MNIST's four IDX files there, or pass "
             "--dataset fashion-mnist (apt-get install dataset-fashion-mnist) or --dataset DIR.\n"
             + "="
             * 78,
             flush=True,
         )
-    return run_search(args, space, num_samples, dataset, tracking_uri)
+    return run_search(s, dataset)
 
 
 def _max_conv_depth(space: SearchSpace) -> int:
@@ -327,13 +346,67 @@ def _write_text(location: str, text: str) -> None:
         f.write(text.encode())
 
 
-def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri: str) -> int:
+def run_search(s: Settings, dataset) -> int:
     """Start Ray and MLflow, run the Tuner, select and record the winner. Returns the exit code."""
-    # Heavy imports only once the input is known to be good: bad input fails in about a second.
+    from tune import report  # heavy imports only once the input is known to be good
+
+    error = _check_experiment_dir(s)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    tracking = open_tracking(s, dataset)
+    start = time.time()
+    results = run_tuner(s, dataset, tracking.logger)
+    elapsed = time.time() - start
+    # From here on MLflow may be down: every result is safe in Ray's experiment directory, the
+    # summary is printed anyway, and `--resume` logs whatever is missing once the store is back.
+    complete = sync_trials(tracking.logger, results)
+    summary, version, complete = summarise(s, dataset, tracking, results, elapsed, complete)
+    print(report.format_summary(summary, version, s.model_name, elapsed))
+    if not complete:
+        print(recovery_hint(s), file=sys.stderr)
+        return 3
+    print(f"\nOpen these runs in the MLflow UI:\n  {report.ui_command(s.tracking_uri)}")
+    return 0 if summary.front is not None and len(summary.front) else 1
+
+
+def _quiet_tune() -> None:
+    """Ray Tune settings this search needs before Tune is imported."""
+    # The objectives exist only in a trial's final result (per-epoch results carry the losses),
+    # which is all a multi-objective OptunaSearch reads; Ray's documented switch for that:
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Tune adds a TensorBoard logger to the CSV and JSON ones its result analysis needs; MLflow is
+    # this project's UI, and writing event files for every epoch of every trial costs the driver
+    # time each trial waits for (tune.report blocks until the driver has taken the result). The
+    # two needed ones are passed explicitly (make_tuner).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
+def _check_experiment_dir(s: Settings) -> str | None:
+    """Why the experiment directory does not fit --resume (or a new search), or None."""
+    _quiet_tune()
     from ray import tune
 
+    if s.resume and not tune.Tuner.can_restore(s.experiment_dir):
+        return f"--resume: no Tune experiment to resume at {s.experiment_dir}"
+    if not s.resume and _exists(s.experiment_dir):
+        return f"--name {s.name}: {s.experiment_dir} exists; pass --resume or another --name"
+    return None
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """The search's MLflow side: client, experiment, parent run and the trials' logger."""
+
+    client: MlflowClient
+    experiment_id: str
+    parent_run_id: str
+    logger: MLflowTrialLogger
+
+
+def open_tracking(s: Settings, dataset) -> Tracking:
+    """The MLflow experiment and the search's parent run (found again on --resume)."""
     from mlflow import MlflowClient
-    from tune import report
     from tune.store import fail_fast_http, prepare_store
     from tune.tracking import (
         MLflowTrialLogger,
@@ -342,120 +415,95 @@ def run_search(args, space: SearchSpace, num_samples: int, dataset, tracking_uri
         start_search_run,
     )
 
-    # The objectives exist only in a trial's final result (per-epoch results carry the losses), which
-    # is all a multi-objective OptunaSearch reads; Ray's documented switch for that:
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    # Tune adds a TensorBoard logger to the CSV and JSON ones its result analysis needs; MLflow is
-    # this project's UI, and writing event files for every epoch of every trial costs the driver
-    # time each trial waits for (tune.report blocks until the driver has taken the result). The
-    # two needed ones are passed explicitly (make_tuner).
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
-    storage, experiment_dir = storage_location(args.storage_path, name)
-    if args.resume and not tune.Tuner.can_restore(experiment_dir):
-        print(f"error: --resume: no Tune experiment to resume at {experiment_dir}", file=sys.stderr)
-        return 2
-    if not args.resume and _exists(experiment_dir):
-        print(
-            f"error: --name {name}: {experiment_dir} exists; pass --resume or another --name",
-            file=sys.stderr,
-        )
-        return 2
-
     fail_fast_http()
-    prepare_store(tracking_uri)
-    client = MlflowClient(tracking_uri)
-    experiment_id = get_or_create_experiment(client, args.experiment, tracking_uri)
-    parent_run_id = find_search_run(client, experiment_id, name) if args.resume else None
+    prepare_store(s.tracking_uri)
+    client = MlflowClient(s.tracking_uri)
+    experiment_id = get_or_create_experiment(client, s.experiment, s.tracking_uri)
+    parent_run_id = find_search_run(client, experiment_id, s.name) if s.resume else None
     if parent_run_id is None:
         params = {
-            "space": str(space.path),
-            "num_samples": num_samples,
-            "seed": args.seed,
-            "scheduler": args.scheduler,
-            "cpus_per_trial": args.cpus_per_trial,
-            "gpus_per_trial": args.gpus_per_trial,
-            "max_concurrent": args.max_concurrent,
-            "weights": list(args.weights),
-            "winner_among": args.winner_among,
-            "storage_path": storage,
+            "space": str(s.space.path),
+            "num_samples": s.num_samples,
+            "seed": s.seed,
+            "scheduler": s.scheduler,
+            "cpus_per_trial": s.cpus_per_trial,
+            "gpus_per_trial": s.gpus_per_trial,
+            "max_concurrent": s.max_concurrent,
+            "weights": list(s.weights),
+            "winner_among": s.winner_among,
+            "storage_path": s.storage,
             **{f"dataset.{k}": v for k, v in dataset.summary().items()},
         }
-        parent_run_id = start_search_run(client, experiment_id, name, params, space.path)
+        parent_run_id = start_search_run(client, experiment_id, s.name, params, s.space.path)
+    logger = MLflowTrialLogger(s.tracking_uri, experiment_id, parent_run_id)
+    return Tracking(client, experiment_id, parent_run_id, logger)
 
-    logger = MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id)
-    start = time.time()
-    if args.resume and tune_finished(experiment_dir):
-        # Nothing left for Tune to run (e.g. resumed after a tracking-server outage): read the
-        # results from disk and complete MLflow below, without starting Ray.
-        print(f"{experiment_dir}: every trial finished; logging what MLflow misses", flush=True)
-        results = tune.ResultGrid(tune.ExperimentAnalysis(str(experiment_dir)))
-    else:
-        if not args.resume:
-            settings = {key: getattr(args, key) for key in RESUMED_SETTINGS}
-            # the space's file and the data set as resolved ("auto" -> a name, a directory: absolute)
-            data = dataset.name if dataset.name in DATASETS else dataset.source
-            settings.update(space=str(Path(space.path).resolve()), dataset=data)
-            _write_text(f"{experiment_dir}/{SETTINGS_FILE}", json.dumps(settings, indent=1))
-        tuner = make_tuner(args, space, num_samples, dataset, name, storage, logger)
-        results = tuner.fit()
-    elapsed = time.time() - start
-    # From here on MLflow may be down: every result is safe in Ray's experiment directory, the
-    # summary is printed anyway, and `--resume` logs whatever is missing once the store is back.
-    complete = True
-    try:  # whatever the callback could not log (store down, driver restarted) is logged now
+
+def run_tuner(s: Settings, dataset, logger: MLflowTrialLogger):
+    """Tune's ResultGrid: from a new or restored Tuner, or, when --resume finds every trial done
+    (e.g. after a tracking-server outage), read from disk without starting Ray."""
+    from ray import tune
+
+    if s.resume and tune_finished(s.experiment_dir):
+        print(f"{s.experiment_dir}: every trial finished; logging what MLflow misses", flush=True)
+        return tune.ResultGrid(tune.ExperimentAnalysis(str(s.experiment_dir)))
+    if not s.resume:
+        saved = {key: getattr(s, key) for key in RESUMED_SETTINGS}
+        # the space's file and the data set as resolved ("auto" -> a name, a directory: absolute)
+        data = dataset.name if dataset.name in DATASETS else dataset.source
+        saved.update(space=str(Path(s.space.path).resolve()), dataset=data)
+        _write_text(f"{s.experiment_dir}/{SETTINGS_FILE}", json.dumps(saved, indent=1))
+    return make_tuner(s, dataset, logger).fit()
+
+
+def sync_trials(logger: MLflowTrialLogger, results) -> bool:
+    """Log whatever the callback could not (store down, driver restarted); False if MLflow failed."""
+    try:
         fixed = logger.sync(results)
         if fixed:
             print(f"MLflow: completed {fixed} trial run(s) from Ray's results", flush=True)
+        return True
     except Exception as e:  # noqa: BLE001 - results are safe in Ray's experiment directory
-        complete = False
         _warn_mlflow("sync of the trials", e)
-    champion = None
+        return False
+
+
+def summarise(s: Settings, dataset, tracking: Tracking, results, elapsed: float, complete: bool):
+    """(summary, registered champion version or None, whether MLflow holds everything)."""
+    from tune import report
+
+    version = None
     with tempfile.TemporaryDirectory() as tmp:
-        weights = dict(zip(N.OBJECTIVES, args.weights, strict=True))
-        named_points = list(zip(space.point_names, space.points, strict=True))
+        weights = dict(zip(N.OBJECTIVES, s.weights, strict=True))
+        named_points = list(zip(s.space.point_names, s.space.points, strict=True))
         summary = report.summarise(
-            results, Path(tmp), weights, named_points, args.winner_among == "improvements"
+            results, Path(tmp), weights, named_points, s.winner_among == "improvements"
         )
         if complete:
+            client, parent = tracking.client, tracking.parent_run_id
             try:
-                report.log_summary(client, parent_run_id, summary)
-                champion = _champion(client, parent_run_id, summary, dataset, args, tracking_uri)
-                client.set_tag(parent_run_id, "elapsed_s", f"{elapsed:.1f}")
-                client.set_terminated(parent_run_id, "FINISHED")
+                report.log_summary(client, parent, summary)
+                version = _champion(client, parent, summary, dataset, s)
+                client.set_tag(parent, "elapsed_s", f"{elapsed:.1f}")
+                client.set_terminated(parent, "FINISHED")
             except Exception as e:  # noqa: BLE001 - as above
                 complete = False
                 _warn_mlflow("logging of the summary", e)
-    print(report.format_summary(summary, champion, args.model_name, elapsed))
-    if not complete:
-        print(
-            f"\nMLflow misses part of this search ({experiment_dir} has all of it). Once "
-            f"{redact(tracking_uri)} answers again, log the rest with:\n  "
-            + shlex.join(
-                [
-                    "python",
-                    "tune/search.py",
-                    "--resume",
-                    "--name",
-                    name,
-                    "--storage-path",
-                    str(storage),
-                    "--mlflow-uri",
-                    redact(tracking_uri),
-                    "--experiment",
-                    args.experiment,
-                    "--model-name",
-                    args.model_name,
-                ]
-            ),
-            file=sys.stderr,
-        )
-        return 3
-    print(f"\nOpen these runs in the MLflow UI:\n  {report.ui_command(tracking_uri)}")
-    return 0 if summary.front is not None and len(summary.front) else 1
+    return summary, version, complete
 
 
-def make_tuner(args, space: SearchSpace, num_samples: int, dataset, name, storage, logger):
+def recovery_hint(s: Settings) -> str:
+    """What to run once the tracking store answers again."""
+    command = ["python", "tune/search.py", "--resume", "--name", s.name]
+    command += ["--storage-path", str(s.storage), "--mlflow-uri", redact(s.tracking_uri)]
+    command += ["--experiment", s.experiment, "--model-name", s.model_name]
+    return (
+        f"\nMLflow misses part of this search ({s.experiment_dir} has all of it). Once "
+        f"{redact(s.tracking_uri)} answers again, log the rest with:\n  " + shlex.join(command)
+    )
+
+
+def make_tuner(s: Settings, dataset, logger):
     """Start Ray (or join --address) and build the Tuner: a new one, or the restored --name."""
     import ray
     from ray import tune
@@ -467,30 +515,29 @@ def make_tuner(args, space: SearchSpace, num_samples: int, dataset, name, storag
     from tune.trial import trainable
 
     if not ray.is_initialized():
-        ray.init(address=args.address, include_dashboard=False, log_to_driver=True)
-    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+        ray.init(address=s.address, include_dashboard=False, log_to_driver=True)
+    resources = {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial}
     fn = tune.with_resources(tune.with_parameters(trainable, data=dataset), resources)
     run_config = tune.RunConfig(
-        name=name,
-        storage_path=storage,
+        name=s.name,
+        storage_path=s.storage,
         callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), logger],
-        failure_config=tune.FailureConfig(max_failures=args.max_failures),
+        failure_config=tune.FailureConfig(max_failures=s.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=1,
     )
-    if args.resume:
-        experiment_dir = storage_location(storage, name)[1]
-        tuner = tune.Tuner.restore(experiment_dir, trainable=fn, resume_errored=True)
+    if s.resume:
+        tuner = tune.Tuner.restore(s.experiment_dir, trainable=fn, resume_errored=True)
         # Restore brings back the run config pickled with the experiment, callbacks included: a
         # logger bound to the MLflow URI and parent run of the first start. Ray has no public way
         # to pass new callbacks, so this one (this command's --mlflow-uri) replaces it.
         others = [c for c in ray_private.callbacks(tuner) if not isinstance(c, MLflowTrialLogger)]
         ray_private.set_callbacks(tuner, [*others, logger])
     else:
-        searcher = make_searcher(space, args.seed)
+        searcher = make_searcher(s.space, s.seed)
         scheduler = (
             ASHAScheduler(metric=N.VAL_LOSS, mode="min", time_attr=N.EPOCH, grace_period=1)
-            if args.scheduler == "asha"
+            if s.scheduler == "asha"
             else FIFOScheduler()
         )
         tuner = tune.Tuner(
@@ -498,10 +545,10 @@ def make_tuner(args, space: SearchSpace, num_samples: int, dataset, name, storag
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
                 scheduler=scheduler,
-                num_samples=num_samples,
-                max_concurrent_trials=args.max_concurrent,
+                num_samples=s.num_samples,
+                max_concurrent_trials=s.max_concurrent,
                 reuse_actors=True,  # one worker process per slot: torch/numba import once, not per trial
-                time_budget_s=args.time_budget_min * 60 if args.time_budget_min else None,
+                time_budget_s=s.time_budget_min * 60 if s.time_budget_min else None,
             ),
             run_config=run_config,
         )
@@ -533,8 +580,9 @@ CHAMPION_TRIAL_TAG = "champion.trial_id"
 CHAMPION_VERSION_TAG = "champion.version"
 
 
-def _champion(client, parent_run_id: str, summary, dataset, args, tracking_uri: str):
-    """Register the winner as `models:/<model-name>@champion` unless this search already did."""
+def _champion(client, parent_run_id: str, summary, dataset, s: Settings) -> str | None:
+    """Register the winner as `models:/<model-name>@champion` unless this search already did;
+    the registered version, or None when there is no winner."""
     if summary.winner_dir is None:
         return None
     from tune.champion import log_champion
@@ -542,14 +590,14 @@ def _champion(client, parent_run_id: str, summary, dataset, args, tracking_uri: 
     trial_id = str(summary.trials.loc[summary.winner, "trial_id"])
     tags = client.get_run(parent_run_id).data.tags
     if tags.get(CHAMPION_TRIAL_TAG) == trial_id and CHAMPION_VERSION_TAG in tags:
-        return None, tags[CHAMPION_VERSION_TAG]
+        return tags[CHAMPION_VERSION_TAG]
     example = dataset.x_val[:5] if len(dataset.x_val) else dataset.x_train[:5]
-    champion = log_champion(
-        summary.winner_dir, parent_run_id, args.model_name, example, tracking_uri
+    _, version = log_champion(
+        summary.winner_dir, parent_run_id, s.model_name, example, s.tracking_uri
     )
     client.set_tag(parent_run_id, CHAMPION_TRIAL_TAG, trial_id)
-    client.set_tag(parent_run_id, CHAMPION_VERSION_TAG, champion[1])
-    return champion
+    client.set_tag(parent_run_id, CHAMPION_VERSION_TAG, version)
+    return version
 
 
 if __name__ == "__main__":

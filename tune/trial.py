@@ -30,8 +30,9 @@ from models.abo import ABOClusterer
 from models.build import build_autoencoder, count_parameters
 from tune import names as N
 from tune import plots
+from tune.config import TrialConfig
 from tune.data import Dataset
-from tune.finetune import Stage, finetune, initial_centers
+from tune.finetune import finetune, initial_centers
 from tune.metrics import CLUSTER_SCORE_KEYS, cluster_scores, label_scores, silhouette_scores
 from tune.reduction import apply_reduction, fit_reduction
 from tune.training import (
@@ -64,36 +65,35 @@ CONFIG_FILE = "config.json"
 ARTIFACTS = ("reconstructions.png", "embedding.png", "loss_curves.png")
 
 
-def make_clusterers(
-    config: Mapping[str, Any], joint_centers: np.ndarray | None = None
-) -> dict[str, Any]:
+def make_clusterers(cfg: TrialConfig, joint_centers: np.ndarray | None = None) -> dict[str, Any]:
     """ABO_clusterer and KMeans with the trial's settings, both seeded.
 
     With `joint_centers` (finetune abo), ABO keeps the centres trained with the encoder: it is
     given them as `init` and takes no further steps, so its labels are their nearest centres.
     """
-    k, seed = int(config["n_clusters"]), int(config["seed"])
+    c, seed = cfg.clustering, cfg.seed
     abo = ABOClusterer(
-        n_clusters=k,
-        lr=float(config["abo_lr"]),
-        epochs=int(config["abo_epochs"]),
-        batch_size=config["abo_batch_size"],
-        temperature=float(config["abo_temperature"]),
-        init=config["abo_init"],
+        n_clusters=c.n_clusters,
+        lr=c.abo_lr,
+        epochs=c.abo_epochs,
+        batch_size=c.abo_batch_size,
+        temperature=c.abo_temperature,
+        init=c.abo_init,
         random_state=seed,
     )
     if joint_centers is not None:
         abo.set_params(init=joint_centers, epochs=0)
     return {
         "abo": abo,
-        "kmeans": KMeans(n_clusters=k, n_init=int(config["kmeans_n_init"]), random_state=seed),
+        "kmeans": KMeans(n_clusters=c.n_clusters, n_init=c.kmeans_n_init, random_state=seed),
     }
 
 
-def clusterer_space(config: Mapping[str, Any], name: str) -> str:
+def clusterer_space(cfg: TrialConfig, name: str) -> str:
     """ "latent" or "reduced": the space clusterer `name` works in. ABO's centres trained jointly
     with the encoder (finetune abo) live in the latent space; everything else sees the reduction."""
-    return "latent" if name == "abo" and config["finetune"] == "abo" else "reduced"
+    joint = cfg.finetune is not None and cfg.finetune.kind == "abo"
+    return "latent" if name == "abo" and joint else "reduced"
 
 
 @contextmanager
@@ -108,7 +108,7 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 
 
 def run_trial(
-    config: Mapping[str, Any],
+    config: TrialConfig | Mapping[str, Any],
     dataset: Dataset,
     *,
     device: torch.device | str | None = None,
@@ -116,7 +116,8 @@ def run_trial(
     on_epoch: Callable[[dict[str, float], Callable[[], dict]], None] | None = None,
     resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the whole pipeline for one flat config; returns the flat result (names from tune.names).
+    """Run the whole pipeline for one config (typed, or flat and checked here); returns the flat
+    result (names from tune.names).
 
     Stages: pre-train the autoencoder; optionally fine-tune it jointly with cluster centres
     (tune/finetune.py); embed every split; optionally reduce the codes (PCA or UMAP,
@@ -131,12 +132,13 @@ def run_trial(
     trial as failed.
     """
     start = time.perf_counter()
+    cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_flat(config)
     timings: dict[str, float] = {}
     device = torch.device(device) if device is not None else pick_device()
-    seed = int(config["seed"])
+    seed = cfg.seed
     torch.manual_seed(seed)
     np.random.seed(seed)
-    model = build_autoencoder(config, dataset.image_shape).to(device)
+    model = build_autoencoder(cfg.autoencoder, dataset.image_shape).to(device)
     x = {
         "train": images_to_tensor(dataset.x_train, device),
         "val": images_to_tensor(dataset.x_val, device),
@@ -150,7 +152,7 @@ def run_trial(
         "device": str(device),
         "n_parameters": count_parameters(model),
     }
-    stage = Stage.from_config(config)
+    stage = cfg.finetune
     in_finetune = resume is not None and resume.get("phase") == "finetune"
     ft_history: list[dict[str, float]] = []
     joint_centers = None
@@ -159,14 +161,15 @@ def run_trial(
             if in_finetune:  # pre-training finished before the checkpoint
                 history = list(resume["pretrain_history"])
             else:
+                t = cfg.training
                 history = train_autoencoder(
                     model,
                     x["train"],
                     x_val,
-                    lr=float(config["lr"]),
-                    weight_decay=float(config["weight_decay"]),
-                    batch_size=int(config["batch_size"]),
-                    epochs=int(config["epochs"]),
+                    lr=t.lr,
+                    weight_decay=t.weight_decay,
+                    batch_size=t.batch_size,
+                    epochs=t.epochs,
                     seed=seed,
                     resume=resume,
                     on_epoch=on_epoch,
@@ -174,7 +177,7 @@ def run_trial(
         if stage is not None:
             with _timed(timings, "finetune"):
                 ft_history, centers = _finetune_stage(
-                    config, stage, model, x["train"], x_val, history, on_epoch, resume
+                    cfg, model, x["train"], x_val, history, on_epoch, resume
                 )
             if stage.kind == "abo":  # ABO's labels come from the centres trained with the encoder
                 joint_centers = centers
@@ -200,14 +203,14 @@ def run_trial(
         for split in N.SPLITS:
             result[N.metric(split, "recon_loss")] = reconstruction_loss(model, x[split])
     with _timed(timings, "reduction"):
-        reducer = fit_reduction(config, z["train"])
+        reducer = fit_reduction(cfg.reduction, seed, z["train"])
         reduced = z
         if reducer is not None:
             reduced = {split: apply_reduction(reducer, zs) for split, zs in z.items()}
     result[N.CLUSTER_DIM] = float(reduced["train"].shape[1])
     spaces = {"latent": z, "reduced": reduced}
-    clusterers = make_clusterers(config, joint_centers)
-    seen = {name: spaces[clusterer_space(config, name)] for name in clusterers}
+    clusterers = make_clusterers(cfg, joint_centers)
+    seen = {name: spaces[clusterer_space(cfg, name)] for name in clusterers}
     labels: dict[str, dict[str, np.ndarray]] = {split: {} for split in N.SPLITS}
     for name, est in clusterers.items():
         with _timed(timings, name):
@@ -221,7 +224,7 @@ def run_trial(
                 _score_split(result, split, seen, z, labels[split], y[split], device)
 
     objective_split = "val" if len(z["val"]) else "train"
-    best, partial = _objective_clusterer(result, objective_split, int(config["n_clusters"]))
+    best, partial = _objective_clusterer(result, objective_split, cfg.clustering.n_clusters)
     abo = clusterers["abo"]
     result.update(
         {
@@ -245,7 +248,7 @@ def run_trial(
     if out_dir is not None:
         _write_outputs(
             Path(out_dir),
-            config,
+            cfg.flat,
             model,
             reducer,
             clusterers,
@@ -258,7 +261,7 @@ def run_trial(
     return result
 
 
-def _finetune_stage(config, stage, model, x_train, x_val, history, on_epoch, resume):
+def _finetune_stage(cfg: TrialConfig, model, x_train, x_val, history, on_epoch, resume):
     """Run tune/finetune.py's stage after pre-training; returns (its history, its centres).
 
     Its checkpoints also carry the pre-training history, so a trial resumed inside the stage
@@ -267,7 +270,8 @@ def _finetune_stage(config, stage, model, x_train, x_val, history, on_epoch, res
     if in_finetune:
         centers = resume["head"]["centers"].cpu().numpy()  # overwritten by the resumed state
     else:
-        centers = initial_centers(stage.kind, embed(model, x_train).cpu().numpy(), config)
+        z = embed(model, x_train).cpu().numpy()
+        centers = initial_centers(cfg.finetune.kind, z, cfg.clustering, cfg.seed)
 
     def report(record: dict[str, float], state: Callable[[], dict]) -> None:
         if on_epoch is not None:
@@ -278,8 +282,8 @@ def _finetune_stage(config, stage, model, x_train, x_val, history, on_epoch, res
         x_train,
         x_val,
         centers,
-        stage,
-        seed=int(config["seed"]),
+        cfg.finetune,
+        seed=cfg.seed,
         first_epoch=len(history),
         resume=resume if in_finetune else None,
         on_epoch=report,
@@ -412,9 +416,8 @@ def trainable(config: dict[str, Any], data: Dataset) -> None:
     cpus = max(1, int(resources.get("CPU", 1)))
     torch.set_num_threads(cpus)  # no oversubscription of the node
     numba.set_num_threads(min(cpus, numba.config.NUMBA_NUM_THREADS))  # UMAP, pynndescent
-    last_epoch = int(config["epochs"]) + (
-        int(config["finetune_epochs"]) if config["finetune"] != "none" else 0
-    )
+    cfg = TrialConfig.from_flat(config, source=f"trial {tune.get_context().get_trial_id()}")
+    last_epoch = cfg.last_epoch
 
     last_checkpoint = last_report = time.monotonic()
     # [epoch, train loss, val loss(, cluster loss)] not yet handed to Tune (names.EPOCH_LOG)
@@ -453,7 +456,7 @@ def trainable(config: dict[str, Any], data: Dataset) -> None:
 
     with tempfile.TemporaryDirectory() as out:
         result = run_trial(
-            config, data, device=pick_device(gpu), out_dir=out, on_epoch=on_epoch, resume=resume
+            cfg, data, device=pick_device(gpu), out_dir=out, on_epoch=on_epoch, resume=resume
         )
         if result[N.STATUS] == N.Status.DIVERGED:
             (Path(out) / RESULT_FILE).write_text(json.dumps(result, indent=1))
