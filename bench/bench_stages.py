@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from bench_core import RESULTS, loadavg, machine_lines, md_table  # noqa: E402
+from explore_frontier import CLUSTERING  # noqa: E402 - one cheap clustering for explorations
 
 from tune import names as N  # noqa: E402
 from tune.config import Clustering, Finetune, TrialConfig  # noqa: E402
@@ -50,16 +51,6 @@ from tune.space import load_space  # noqa: E402
 from tune.training import embed, images_to_tensor, train_autoencoder  # noqa: E402
 from tune.trial import run_trial  # noqa: E402
 
-CLUSTERING = {
-    "n_clusters": 10,
-    "abo_lr": 0.1,
-    "abo_epochs": 50,
-    "abo_batch_size": 256,
-    "abo_temperature": 1.0,
-    "abo_init": "k-means++",
-    "kmeans_n_init": 10,
-    "seed": 0,
-}
 # One good autoencoder per data set: a conv net with a 48-d code beats the documents'
 # reconstruction on Fashion-MNIST; digits (8x8) gets a small MLP.
 BASE = {

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 from conftest import run_search, search_runs
 
 import mlflow
@@ -209,71 +210,34 @@ def test_artifacts_live_beside_the_sqlite_store(smoke_search):
     assert list((tmp / "artifacts").rglob("all_trials.csv"))
 
 
-STAGED_POINTS = """
-description: The new stages through a real search; the champion must serve them.
-points:
-  - name: abo-umap
-    config:
-      arch: mlp
-      mlp_depth: 1
-      mlp_width_1: 32
-      mlp_activation: relu
-      mlp_batch_norm: false
-      latent_dim: 8
-      dropout: 0.0
-      lr: 0.003
-      weight_decay: 0.0
-      batch_size: 32
-      epochs: 4
-      finetune: abo
-      finetune_epochs: 2
-      finetune_lr: 0.001
-      finetune_batch_size: 64
-      finetune_gamma: 0.05
-      finetune_temperature_start: 5.0
-      finetune_temperature_end: 0.5
-      reduction: umap
-      umap_dim: 4
-      umap_n_neighbors: 15
-      umap_min_dist: 0.0
-      umap_fit_size: 600
-      n_clusters: 10
-      abo_lr: 0.1
-      abo_epochs: 3
-      abo_batch_size: 64
-      abo_temperature: 1.0
-      abo_init: k-means++
-      kmeans_n_init: 2
-  - name: dec-pca
-    config:
-      arch: mlp
-      mlp_depth: 1
-      mlp_width_1: 32
-      mlp_activation: relu
-      mlp_batch_norm: false
-      latent_dim: 8
-      dropout: 0.0
-      lr: 0.003
-      weight_decay: 0.0
-      batch_size: 32
-      epochs: 4
-      finetune: dec
-      finetune_epochs: 2
-      finetune_lr: 0.001
-      finetune_batch_size: 64
-      finetune_gamma: 0.1
-      dec_update_interval: 10
-      dec_tol: 0.001
-      reduction: pca
-      pca_dim: 4
-      n_clusters: 10
-      abo_lr: 0.1
-      abo_epochs: 3
-      abo_batch_size: 64
-      abo_temperature: 1.0
-      abo_init: k-means++
-      kmeans_n_init: 2
-"""
+NET = {
+    "arch": "mlp", "mlp_depth": 1, "mlp_width_1": 32, "mlp_activation": "relu",
+    "mlp_batch_norm": False, "latent_dim": 8, "dropout": 0.0, "lr": 0.003, "weight_decay": 0.0,
+    "batch_size": 32, "epochs": 4, "n_clusters": 10, "abo_lr": 0.1, "abo_epochs": 3,
+    "abo_batch_size": 64, "abo_temperature": 1.0, "abo_init": "k-means++", "kmeans_n_init": 2,
+}  # fmt: skip
+FT = {"finetune_epochs": 2, "finetune_lr": 0.001, "finetune_batch_size": 64}
+STAGED_POINTS = {
+    "description": "The new stages through a real search; the champion must serve them.",
+    "points": [
+        {
+            "name": "abo-umap",
+            "config": {
+                **NET, **FT, "finetune": "abo", "finetune_gamma": 0.05,
+                "finetune_temperature_start": 5.0, "finetune_temperature_end": 0.5,
+                "reduction": "umap", "umap_dim": 4, "umap_n_neighbors": 15,
+                "umap_min_dist": 0.0, "umap_fit_size": 600,
+            },
+        },
+        {
+            "name": "dec-pca",
+            "config": {
+                **NET, **FT, "finetune": "dec", "finetune_gamma": 0.1,
+                "dec_update_interval": 10, "dec_tol": 0.001, "reduction": "pca", "pca_dim": 4,
+            },
+        },
+    ],
+}  # fmt: skip
 
 
 def test_a_search_with_the_new_stages_serves_its_winner(tmp_path):
@@ -281,7 +245,7 @@ def test_a_search_with_the_new_stages_serves_its_winner(tmp_path):
     clustering losses in MLflow, and the champion, loaded by alias, labels test images as the
     winning trial did."""
     space = tmp_path / "staged.yaml"
-    space.write_text(STAGED_POINTS)
+    space.write_text(yaml.safe_dump(STAGED_POINTS, sort_keys=False))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = run_search(
         "--space", str(space), "--dataset", "digits", "--storage-path", str(tmp_path / "ray"),

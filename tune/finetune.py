@@ -43,6 +43,8 @@ from tune.training import (
     embed,
     make_optimizer,
     reconstruction_loss,
+    restore_training,
+    training_state,
     use_channels_last,
 )
 
@@ -136,27 +138,16 @@ def finetune(
     history: list[dict[str, float]] = []
     steps, target, prev_labels, changed = 0, None, None, math.nan
     if resume is not None:
-        model.load_state_dict(resume["model"])  # in place: the flat views survive
         head.load_state_dict(resume["head"])
-        opt.load_state_dict(resume["optimizer"])
-        gen.set_state(resume["generator"])
-        torch.set_rng_state(resume["rng"])
-        if torch.cuda.is_available() and resume.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all(resume["cuda_rng"])
-        history = list(resume["history"])
+        history = restore_training(resume, model, opt, gen)
         steps, changed = resume["steps"], resume["changed"]
         target, prev_labels = resume["target"], resume["prev_labels"]
 
     def state() -> dict[str, Any]:
         return {
+            **training_state(model, opt, gen, history),
             "phase": "finetune",
-            "model": model.state_dict(),
             "head": head.state_dict(),
-            "optimizer": opt.state_dict(),
-            "generator": gen.get_state(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "history": list(history),
             "steps": steps,
             "changed": changed,
             "target": None if target is None else target.clone(),

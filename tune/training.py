@@ -253,6 +253,34 @@ def _init_adam_state(opt: torch.optim.Adam, flat: nn.Parameter) -> None:
             v.zero_()
 
 
+def training_state(
+    model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, history: list[dict]
+) -> dict[str, Any]:
+    """What resumes a training loop exactly: weights, optimiser, shuffle and dropout RNGs, history."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "generator": gen.get_state(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "history": list(history),
+    }
+
+
+def restore_training(
+    state: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator
+) -> list[dict]:
+    """Put `training_state`'s state back (weights copied in place: flat views survive); returns
+    the history."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["rng"])
+    if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return list(state["history"])
+
+
 def train_autoencoder(
     model: nn.Module,
     x_train: torch.Tensor,
@@ -284,23 +312,10 @@ def train_autoencoder(
     torch.manual_seed(seed)
     history: list[dict[str, float]] = []
     if resume is not None:
-        model.load_state_dict(resume["model"])  # copies in place: the flat views survive
-        opt.load_state_dict(resume["optimizer"])
-        gen.set_state(resume["generator"])
-        torch.set_rng_state(resume["rng"])
-        if torch.cuda.is_available() and resume.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all(resume["cuda_rng"])
-        history = list(resume["history"])
+        history = restore_training(resume, model, opt, gen)
 
     def state() -> dict[str, Any]:
-        return {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "generator": gen.get_state(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "history": list(history),
-        }
+        return training_state(model, opt, gen, history)
 
     fast_step = MLPStep.for_model(model)  # closed-form gradients for the plain MLP, else autograd
     n = len(x_train)
