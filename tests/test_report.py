@@ -8,9 +8,9 @@ import pytest
 
 from tune import names as N
 from tune import report
+from tune.space import load_space
 
-DOC1 = {"arch": "mlp", "latent_dim": 64, "reduction": "none"}
-DOC2 = {"arch": "conv", "latent_dim": 64, "reduction": "none"}
+DOC1, DOC2 = load_space("seeds").points  # the documents' full configurations
 
 
 @dataclass
@@ -54,3 +54,18 @@ def test_failed_documents_are_no_baseline(tmp_path):
     # Only doc2 counts, which the knee beats as well, and the knee is nearest the ideal point.
     assert s.trials.loc[s.winner, "trial_id"] == "knee"
     assert "beat every starting point (doc2-conv)" in report.format_summary(s, None, "m", 1.0)
+
+
+def test_best_config_is_the_winners_own_config_as_a_points_only_space(tmp_path):
+    # a winner whose keys differ from the first trial's (depth 2, a null batch size, floats)
+    won = {**DOC1, "mlp_depth": 2, "mlp_width_2": 48, "abo_batch_size": None, "seed": 7}
+    results = [*RESULTS[:2], FakeResult(won, {"trial_id": "w", N.SILHOUETTE: 0.5,
+                                               N.RECON_LOSS: 0.001, N.STATUS: "ok"})]  # fmt: skip
+    report.summarise(results, tmp_path, points=POINTS)
+    space = load_space(tmp_path / "best_config.yaml")
+    assert space.point_names == ["winner-w"]
+    expected = {k: v for k, v in won.items() if k != "seed"}
+    assert space.points[0] == expected
+    types = {k: type(v) for k, v in space.points[0].items()}
+    assert types == {k: type(v) for k, v in expected.items()}  # 2 stays an int, 0.0 a float
+    assert "--seed 7" in space.description

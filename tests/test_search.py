@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,6 +180,30 @@ def test_four_trials_really_ran_at_once_and_lost_nothing(smoke_search):
         for key in (N.TRAIN_LOSS, N.VAL_LOSS):
             steps = [h.step for h in client.get_metric_history(k.info.run_id, key)]
             assert set(range(1, epochs + 1)) <= set(steps)
+
+
+def test_best_config_reruns_the_winner(smoke_search, tmp_path):
+    """best_config.yaml, given back as the space with the printed --seed, runs exactly the
+    winning trial again: the same objectives."""
+    _, uri, _ = smoke_search
+    client = MlflowClient(uri)
+    parent, kids = search_runs(uri, "smoke-test", "test-exp")
+    winner = next(
+        k for k in kids if k.data.tags["ray.trial_id"] == parent.data.tags["winner_trial_id"]
+    )
+    best = Path(client.download_artifacts(parent.info.run_id, "best_config.yaml", str(tmp_path)))
+    seed = yaml.safe_load(best.read_text())["description"].split("--seed ")[1].split()[0]
+    again = f"sqlite:///{tmp_path}/again.db"
+    out = run_search(
+        "--space", str(best), "--seed", seed, "--dataset", "digits", "--name", "again",
+        "--storage-path", str(tmp_path / "ray"), "--mlflow-uri", again, "--experiment", "again",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    _, rerun = search_runs(again, "again", "again")
+    assert len(rerun) == 1
+    for key in N.OBJECTIVES:
+        assert rerun[0].data.metrics[key] == pytest.approx(winner.data.metrics[key], rel=1e-6)
+    assert rerun[0].data.params == winner.data.params
 
 
 def test_champion_is_registered_and_predicts(smoke_search):

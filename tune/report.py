@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,14 +106,31 @@ def summarise(
         df.loc[front.index].to_csv(tmp / "pareto.csv", index=False)
         plot_front(df, tmp / "pareto_front.png")
         best = df.loc[winner]
-        config_keys = [k for k in (results[0].config or {}) if k in df.columns]
-        best_config = {k: _plain(best[k]) for k in config_keys if not _missing(best[k])}
-        (tmp / "best_config.yaml").write_text(yaml.safe_dump(best_config, sort_keys=False))
-        files += [tmp / "pareto.csv", tmp / "pareto_front.png", tmp / "best_config.yaml"]
-        for r in results:
-            if r.checkpoint is not None and (r.metrics or {}).get("trial_id") == best["trial_id"]:
-                winner_dir = Path(r.checkpoint.to_directory(str(tmp / "winner")))
+        won = next(r for r in results if (r.metrics or {}).get("trial_id") == best["trial_id"])
+        (tmp / BEST_CONFIG).write_text(best_config_yaml(str(best["trial_id"]), won.config))
+        files += [tmp / "pareto.csv", tmp / "pareto_front.png", tmp / BEST_CONFIG]
+        if won.checkpoint is not None:
+            winner_dir = Path(won.checkpoint.to_directory(str(tmp / "winner")))
     return Summary(df, front, winner, winner_dir, files, rule)
+
+
+BEST_CONFIG = "best_config.yaml"
+
+
+def best_config_yaml(trial_id: str, config: dict) -> str:
+    """The winner's own config as a points-only space (search_spaces/README.md): every key the
+    trial read, with its exact type, so `python tune/search.py --space best_config.yaml --seed
+    SEED` runs exactly that trial again."""
+    from tune.space import SEED_KEY, validate_config
+
+    flat = validate_config(config, source=f"trial {trial_id}")
+    seed = flat.pop(SEED_KEY)
+    doc = {
+        "description": f"The winner of a search (trial {trial_id}). Re-run it with: python "
+        f"tune/search.py --space best_config.yaml --seed {seed} --dataset <the same data>",
+        "points": [{"name": f"winner-{trial_id}", "config": flat}],
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
 
 
 def log_summary(client, parent_run_id: str, summary: Summary) -> None:
@@ -189,10 +205,3 @@ def _metric(key: str, value: float):
 
     return Metric(key, value, int(time.time() * 1000), 0)
 
-
-def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def _plain(v):
-    return v.item() if hasattr(v, "item") else v
