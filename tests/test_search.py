@@ -182,6 +182,13 @@ def test_four_trials_really_ran_at_once_and_lost_nothing(smoke_search):
             assert set(range(1, epochs + 1)) <= set(steps)
 
 
+def test_no_finished_run_says_running(smoke_search):
+    _, uri, _ = smoke_search
+    _, kids = search_runs(uri, "smoke-test", "test-exp")
+    assert kids and all(k.info.status == "FINISHED" for k in kids)
+    assert {k.data.tags["ray.trial_status"] for k in kids} == {"TERMINATED"}
+
+
 def test_best_config_reruns_the_winner(smoke_search, tmp_path):
     """best_config.yaml, given back as the space with the printed --seed, runs exactly the
     winning trial again: the same objectives."""

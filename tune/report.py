@@ -204,4 +204,3 @@ def _metric(key: str, value: float):
     from mlflow.entities import Metric
 
     return Metric(key, value, int(time.time() * 1000), 0)
-

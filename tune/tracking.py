@@ -171,7 +171,11 @@ class MLflowTrialLogger(Callback):
             errored,
             Path(t.error_file).read_text() if has_file else None,
             t.last_result,
-            {"ray.trial_status": t.status, "ray.num_failures": str(t.num_failures)},
+            # Tune calls the hook before it marks the trial: its status still says RUNNING
+            {
+                "ray.trial_status": "ERROR" if errored else "TERMINATED",
+                "ray.num_failures": str(t.num_failures),
+            },  # fmt: skip
         )
 
     # -- Tune hooks (the driver's event loop: queue and return) -----------------------------
