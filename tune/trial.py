@@ -177,7 +177,13 @@ def run_trial(
         if stage is not None:
             with _timed(timings, "finetune"):
                 ft_history, centers = _finetune_stage(
-                    cfg, model, x["train"], x_val, history, on_epoch, resume
+                    cfg,
+                    model,
+                    x["train"],
+                    x_val,
+                    history,
+                    on_epoch,
+                    resume if in_finetune else None,
                 )
             if stage.kind == "abo":  # ABO's labels come from the centres trained with the encoder
                 joint_centers = centers
@@ -196,7 +202,8 @@ def run_trial(
             }
         )
         return result
-    result[N.EPOCH] = (ft_history or history)[-1]["epoch"] if (ft_history or history) else 0
+    epochs_run = history + ft_history
+    result[N.EPOCH] = epochs_run[-1]["epoch"] if epochs_run else 0
 
     with _timed(timings, "embed"):
         z = {split: embed(model, xs).cpu().numpy() for split, xs in x.items()}
@@ -255,7 +262,7 @@ def run_trial(
             x,
             seen,
             labels,
-            history + ft_history,
+            epochs_run,
             result,
         )
     return result
@@ -265,9 +272,8 @@ def _finetune_stage(cfg: TrialConfig, model, x_train, x_val, history, on_epoch, 
     """Run tune/finetune.py's stage after pre-training; returns (its history, its centres).
 
     Its checkpoints also carry the pre-training history, so a trial resumed inside the stage
-    still reports and plots both stages."""
-    in_finetune = resume is not None and resume.get("phase") == "finetune"
-    if in_finetune:
+    still reports and plots both stages. `resume`: a state saved inside the stage, or None."""
+    if resume is not None:
         centers = resume["head"]["centers"].cpu().numpy()  # overwritten by the resumed state
     else:
         z = embed(model, x_train).cpu().numpy()
@@ -285,7 +291,7 @@ def _finetune_stage(cfg: TrialConfig, model, x_train, x_val, history, on_epoch, 
         cfg.finetune,
         seed=cfg.seed,
         first_epoch=len(history),
-        resume=resume if in_finetune else None,
+        resume=resume,
         on_epoch=report,
     )
 
