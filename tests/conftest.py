@@ -239,9 +239,5 @@ def search_runs(uri: str, name: str, experiment: str = "faults"):
 
 
 def epoch_points(client: MlflowClient, run) -> list[int]:
-    """Steps of the per-epoch training-loss points: the final result adds one at the last epoch
-    (its eval-mode loss), which is removed here."""
-    steps = sorted(h.step for h in client.get_metric_history(run.info.run_id, N.TRAIN_LOSS))
-    if run.data.tags.get(N.STATUS) in ("ok", "degenerate") and steps:
-        steps.remove(steps[-1])
-    return steps
+    """Steps of the per-epoch training-loss points (the final eval-mode loss has its own name)."""
+    return sorted(h.step for h in client.get_metric_history(run.info.run_id, N.TRAIN_LOSS))

@@ -329,8 +329,8 @@ class _Result:
             for e in range(1, epochs + 1)
         ]
         self.metrics = {
-            **rows[-1],
-            N.TRAIN_LOSS: 0.05,  # the final result: eval-mode loss at the last epoch
+            **{k: v for k, v in rows[-1].items() if k != N.TRAIN_LOSS},
+            N.EVAL_TRAIN_LOSS: 0.05,  # the final result: eval-mode loss after training
             N.SILHOUETTE: 0.3,
             N.STATUS: "ok",
             N.BEST_CLUSTERER: "kmeans",

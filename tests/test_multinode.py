@@ -119,9 +119,11 @@ def outcome(tmp_path_factory) -> Outcome:
 
 
 def test_trials_ran_on_both_nodes(outcome):
-    """The `node` tag of the child runs holds exactly the two nodes' Ray ids: both did work."""
-    nodes = [r.data.tags["node"] for r in outcome.children]
+    """The `ray.node_id` tag of the child runs holds exactly the two nodes' Ray ids (both did
+    work), and the short `node` tag a person reads tells them apart too."""
+    nodes = [r.data.tags["ray.node_id"] for r in outcome.children]
     assert set(nodes) == set(outcome.node_ids), (nodes, outcome.node_ids)
+    assert len({r.data.tags["node"] for r in outcome.children}) == 2
     per_node = {outcome.node_ids[n]: nodes.count(n) for n in set(nodes)}
     assert min(per_node.values()) >= 1, per_node
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from conftest import run_search, search_runs
@@ -149,7 +151,7 @@ def test_every_trial_is_a_complete_child_run(smoke_search):
         m, p, t = run.data.metrics, run.data.params, run.data.tags
         assert p["arch"] in ("mlp", "conv") and "seed" in p
         for split in N.SPLITS:
-            assert N.metric(split, "recon_loss") in m
+            assert N.recon_loss(split) in m
             for c in N.CLUSTERERS:
                 for metric in (*N.CLUSTER_METRICS, *N.LABEL_METRICS):
                     assert N.metric(split, metric, c) in m, (split, c, metric)
@@ -159,10 +161,8 @@ def test_every_trial_is_a_complete_child_run(smoke_search):
         assert t[N.NODE]
         epochs = int(p["epochs"])
         hist = client.get_metric_history(run.info.run_id, N.TRAIN_LOSS)
-        assert (
-            sorted(h.step for h in hist if h.step > 0) == list(range(1, epochs + 1))
-            or len(hist) >= epochs
-        )
+        # one point per epoch: the final eval-mode loss is N.EVAL_TRAIN_LOSS, not a second one
+        assert sorted(h.step for h in hist) == list(range(1, epochs + 1))
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert set(ARTIFACTS) <= arts
         assert run.info.status == "FINISHED"
@@ -306,3 +306,102 @@ def test_a_search_with_the_new_stages_serves_its_winner(tmp_path):
     assert normalized_mutual_info_score(ds.y_test, pred) == pytest.approx(
         winner.data.metrics[N.metric("test", "nmi", best)], abs=1e-9
     )
+
+
+def test_console_is_short_and_everything_else_is_in_the_log(smoke_search):
+    """The terminal gets a start line, one line per trial and the summary; Tune's tables and the
+    workers' output go to the log file named in the first line."""
+    out, _, tmp = smoke_search
+    lines = out.stdout.splitlines()
+    assert len(lines) <= 40, out.stdout
+    assert lines[0].startswith("Search smoke-test (starting): 6 trials"), lines[0]
+    log = Path(lines[0].split("Log: ")[1])
+    assert log == tmp / "ray" / "smoke-test" / "search.log" and log.exists()
+    progress = [line for line in lines if line.startswith("[")]
+    assert [p.split()[0] for p in progress] == [f"[{i}/6" for i in range(1, 7)], progress
+    logged = log.read_text()
+    assert "Trial status" in logged  # Tune's own table, not on the terminal
+    assert "Trial status" not in out.stdout
+    assert all(p in logged for p in progress)
+
+
+def test_runs_say_what_they_are(smoke_search):
+    """Run names describe the trial, `role` and `pareto` tags match the search's front, the
+    winner's name is starred; no empty tag and no always-zero flag metric on any run."""
+    _, uri, tmp = smoke_search
+    client = MlflowClient(uri)
+    parent, kids = search_runs(uri, "smoke-test", "test-exp")
+    table = pd.read_csv(
+        client.download_artifacts(parent.info.run_id, "all_trials.csv", str(tmp / "dl1"))
+    )
+    by_trial = {k.data.tags["ray.trial_id"]: k for k in kids}
+    for _, row in table.iterrows():
+        run = by_trial[row["trial_id"]]
+        tags = run.data.tags
+        assert tags[N.PARETO] == ("true" if row["pareto"] else "false")
+        assert tags[N.ROLE] == (
+            "winner" if row["winner"] else "pareto" if row["pareto"] else "trial"
+        )
+        name = run.info.run_name
+        assert name.startswith("★ winner ") == bool(row["winner"]), name
+        assert f"z{row['latent_dim']}" in name and row["arch"] in name, name
+        assert name.removeprefix("★ winner ")[:2].isdigit(), name
+        assert all(v != "" for v in tags.values()), {k for k, v in tags.items() if v == ""}
+        assert len(tags[N.NODE]) < 40 and tags["ray.node_id"].startswith(tags[N.NODE][-8:])
+        assert not any(k.endswith("degenerate") or k == N.DIVERGED for k in run.data.metrics)
+        assert N.EVAL_TRAIN_LOSS in run.data.metrics
+        dataset = run.inputs.dataset_inputs[0].dataset
+        assert dataset.name == "digits" and len(dataset.digest) == 12
+    assert parent.data.tags[N.ROLE] == "search"
+    assert parent.inputs.dataset_inputs[0].dataset.digest == dataset.digest
+    exp = client.get_experiment(parent.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_the_parent_run_tells_the_story(smoke_search):
+    """Its note names the winner with a link to its run and holds the Pareto table; the table is
+    also an MLflow table; the hypervolume has one point per ended trial, never decreasing."""
+    out, uri, tmp = smoke_search
+    client = MlflowClient(uri)
+    parent, kids = search_runs(uri, "smoke-test", "test-exp")
+    tags = parent.data.tags
+    winner = next(k for k in kids if k.data.tags[N.ROLE] == "winner")
+    assert tags["winner_run_id"] == winner.info.run_id
+    note = tags["mlflow.note.content"]
+    exp = parent.info.experiment_id
+    assert f"(#/experiments/{exp}/runs/{winner.info.run_id})" in note
+    assert "### Pareto front" in note and note.count("★") >= 1
+    front = [k for k in kids if k.data.tags[N.PARETO] == "true"]
+    assert all(k.info.run_name.removeprefix("★ winner ") in note for k in front)
+    table = json.loads(
+        Path(
+            client.download_artifacts(parent.info.run_id, "pareto_table.json", str(tmp / "dl2"))
+        ).read_text()
+    )
+    assert len(table["data"]) == len(front)
+    history = client.get_metric_history(parent.info.run_id, N.HYPERVOLUME)
+    steps = sorted((m.step, m.value) for m in history)
+    assert [s for s, _ in steps] == list(range(1, 7)), steps
+    values = [v for _, v in steps]
+    assert values == sorted(values) and 0 < values[-1] <= 1
+    assert f"Hypervolume of the front: {values[-1]:.4f}" in out.stdout
+    reference = json.loads(parent.data.params["hypervolume.reference"])
+    assert reference[0] == 0.0 and 0 < reference[1] < 1
+    link = next(line for line in out.stdout.splitlines() if "workflowType=machine_learning" in line)
+    assert parent.info.run_id in link and f"/#/experiments/{exp}/runs?" in link
+
+
+def test_the_champion_is_the_winners_model(smoke_search):
+    """Logged in the winning trial's run with its hyperparameters; the version says what it is."""
+    _, uri, _ = smoke_search
+    client = MlflowClient(uri)
+    parent, kids = search_runs(uri, "smoke-test", "test-exp")
+    winner = next(k for k in kids if k.data.tags[N.ROLE] == "winner")
+    version = client.get_model_version_by_alias("ct-test", "champion")
+    assert version.run_id == winner.info.run_id
+    assert winner.data.tags["ray.trial_id"] in version.description
+    assert version.tags["trial_id"] == winner.data.tags["ray.trial_id"]
+    assert version.tags["search"] == "smoke-test"
+    model = client.get_logged_model(version.model_id)
+    assert model.params["latent_dim"] == winner.data.params["latent_dim"]
+    assert client.get_run(winner.info.run_id).info.status == "FINISHED"

@@ -161,7 +161,7 @@ def test_projection_changes_the_scores_not_the_autoencoder(digits):
     plain = run_trial(config_with(NONE), digits, device="cpu")
     projected = run_trial(config_with({"reduction": "pca", "pca_dim": 2}), digits, device="cpu")
     for split in N.SPLITS:  # same seed, same network: the same reconstruction
-        key = N.metric(split, "recon_loss")
+        key = N.recon_loss(split)
         assert projected[key] == plain[key]
     assert projected[N.metric("val", "silhouette", "kmeans")] != pytest.approx(
         plain[N.metric("val", "silhouette", "kmeans")], abs=1e-3

@@ -98,20 +98,24 @@ def pip_requirements(repo: Path) -> list[str]:
 
 def log_champion(
     trial_dir: Path,
-    parent_run_id: str,
+    run_id: str,
     model_name: str,
     example: np.ndarray,
     tracking_uri: str,
+    description: str = "",
+    tags: dict[str, str] | None = None,
 ) -> tuple[str, str]:
-    """Log the winner under the parent run, register it and point the `champion` alias at it.
-
-    Returns (model URI, registered version).
-    """
+    """Log the winner in run `run_id` (the winning trial's: the model page then shows its
+    hyperparameters and links to it), register it with `description` and `tags`, and point the
+    `champion` alias at it. Returns (model URI, registered version)."""
     from mlflow.models import infer_signature
 
     repo = Path(__file__).resolve().parent.parent
+    config = json.loads((Path(trial_dir) / "config.json").read_text())
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=parent_run_id):
+    client = mlflow.MlflowClient(tracking_uri)
+    status = client.get_run(run_id).info.status
+    with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="champion",
             python_model=str(repo / "tune" / "champion_model.py"),  # models from code: no pickle
@@ -121,8 +125,14 @@ def log_champion(
             input_example=example,
             pip_requirements=pip_requirements(repo),
             registered_model_name=model_name,
+            params={k: str(v) for k, v in sorted(config.items())},
+            tags=tags,
         )
-    client = mlflow.MlflowClient(tracking_uri)
+    client.set_terminated(run_id, status)  # start_run reopened the finished trial's run
     version = str(info.registered_model_version)
     client.set_registered_model_alias(model_name, "champion", version)
+    if description:
+        client.update_model_version(model_name, version, description=description)
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(model_name, version, key, value)
     return info.model_uri, version

@@ -1,43 +1,30 @@
 """What a search prints while it runs: one line per finished trial, with progress and ETA.
 
-Ray Tune's own console tables (verbose 1-2) print every metric of every trial, ~80 of them here;
-its current console engine ignores a passed progress reporter, so the supported way to a concise
-view is `verbose=0` plus a `tune.Callback` that prints (NOTES.md section 7). `--verbose` brings
-Tune's tables back.
+Ray Tune's own console tables print every metric of every trial, ~80 of them here, and its
+current console engine ignores a passed progress reporter. So the search runs inside a
+`ConsoleLog`: everything the process and its Ray workers write to stdout/stderr (Tune's tables,
+worker logs, warnings) goes to a log file in the experiment directory, and the terminal gets only
+what `say` writes: the start, one line per finished trial (`ProgressPrinter`, a `tune.Callback`)
+and the summary. `--verbose` sends everything to the terminal as well.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
+import threading
 import time
 from collections.abc import Mapping
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
 
 from ray import tune
 
 from tune import names as N
+from tune.config import describe
 
 BAR = 12  # characters of the progress bar
-
-
-def describe(config: Mapping[str, Any]) -> str:
-    """A trial's configuration in a few words, e.g. 'conv 16/8 z46 dec umap10'."""
-    arch = config.get("arch", "?")
-    if arch == "mlp":
-        layers = [config.get(f"mlp_width_{i}") for i in range(1, int(config["mlp_depth"]) + 1)]
-    else:
-        layers = [config.get(f"conv_channels_{i}") for i in range(1, int(config["conv_depth"]) + 1)]
-    words = [f"{arch} " + ("-" if arch == "mlp" else "/").join(str(w) for w in layers)]
-    words.append(f"z{config.get('latent_dim')}")
-    if config.get("finetune", "none") != "none":
-        words.append(config["finetune"])
-    reduction = config.get("reduction", "none")
-    if reduction == "pca":
-        words.append(f"pca{config['pca_dim']}")
-    elif reduction == "umap":
-        words.append(f"umap{config['umap_dim']}")
-    return " ".join(words)
 
 
 def clock(seconds: float) -> str:
@@ -48,40 +35,141 @@ def clock(seconds: float) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+class ConsoleLog:
+    """While active, file descriptors 1 and 2 (so Python's prints, logging, Ray's and its child
+    processes' output) go to a log file; `say` writes to the terminal and the log. With `verbose`
+    the terminal gets everything too. Redirecting the descriptors, not sys.stdout, is what catches
+    Ray: its logging handlers hold the original stream objects, its workers' lines are printed by
+    a driver thread, and its C++ core writes to fd 2 directly."""
+
+    def __init__(self, path: Path, verbose: bool = False) -> None:
+        self.path = Path(path)
+        self.verbose = verbose
+        self._lock = threading.Lock()
+        self._saved: tuple[int, int] | None = None
+        self._log: BinaryIO | None = None
+        self._pump: threading.Thread | None = None
+
+    def __enter__(self) -> ConsoleLog:
+        global _ACTIVE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._log = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in __exit__
+        self._saved = (os.dup(1), os.dup(2))
+        read, write = os.pipe()
+        os.dup2(write, 1)
+        os.dup2(write, 2)
+        os.close(write)
+        self._pump = threading.Thread(target=self._copy, args=(read,), daemon=True)
+        self._pump.start()
+        _ACTIVE = self
+        return self
+
+    def _copy(self, read: int) -> None:
+        with os.fdopen(read, "rb", buffering=0) as source:
+            while chunk := source.read(65536):
+                with self._lock:
+                    self._log.write(chunk)
+                    if self.verbose:
+                        os.write(self._saved[0], chunk)
+
+    def say(self, text: str, err: bool = False) -> None:
+        data = (text + "\n").encode()
+        with self._lock:
+            self._log.write(data)
+            os.write(self._saved[1 if err else 0], data)
+
+    def __exit__(self, *exc) -> None:
+        global _ACTIVE
+        _ACTIVE = None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        out, err = self._saved
+        os.dup2(out, 1)  # closes the pipe's write end in fds 1 and 2: the pump sees EOF
+        os.dup2(err, 2)
+        os.close(out)
+        os.close(err)
+        # Ray's own processes may still hold the write end; the pump is a daemon then.
+        self._pump.join(timeout=2.0)
+        with self._lock:
+            self._log.close()
+
+
+_ACTIVE: ConsoleLog | None = None
+
+
+def say(text: str = "", err: bool = False) -> None:
+    """A line for the user: to the terminal (and the log while a ConsoleLog is active)."""
+    if _ACTIVE is not None:
+        _ACTIVE.say(text, err)
+    else:
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
 class ProgressPrinter(tune.Callback):
     """Prints one line as each trial ends: progress bar, elapsed, ETA, the trial in a few words,
-    both objectives, its status and whether it entered the Pareto front of the trials so far."""
+    both objectives, its status and whether it entered the Pareto front of the trials so far.
 
-    def __init__(self, total: int, out: TextIO | None = None, start: float | None = None) -> None:
+    Counts come from the trial list Tune passes (a resumed search counts the trials finished
+    before it); ETA from the trials finished since this command started. Holds no file: Tune
+    pickles its callbacks with the experiment, and `say` finds the terminal."""
+
+    def __init__(self, total: int, start: float | None = None, out: TextIO | None = None) -> None:
         self.total = total
-        self.out = out
         self.start = time.time() if start is None else start
-        self.done = 0
-        self.front: list[tuple[float, float]] = []  # (silhouette, loss) of finished ok trials
+        self.out = out  # tests: a stream instead of `say`
+        self.done_here = 0
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "out": None}
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self.report(trial.trial_id, trial.config, trial.last_result or {})
+        self._report(trials, trial, trial.last_result or {})
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self.report(trial.trial_id, trial.config, {N.STATUS: "error"})
+        self._report(trials, trial, {N.STATUS: N.Status.ERROR})
 
-    def report(self, trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any]) -> str:
-        self.done += 1
-        status = result.get(N.STATUS, "incomplete")
+    def _report(self, trials: list, trial, result: Mapping[str, Any]) -> None:
+        # Tune calls these hooks before it marks the trial finished.
+        others = [t for t in trials if t is not trial and t.status in ("TERMINATED", "ERROR")]
+        before = [t.last_result or {} for t in others if t.status == "TERMINATED"]
+        self.report(trial.trial_id, trial.config, result, before, len(others) + 1)
+
+    def report(
+        self,
+        trial_id: str,
+        config: Mapping[str, Any],
+        result: Mapping[str, Any],
+        before: list[Mapping[str, Any]] = (),
+        done: int | None = None,
+    ) -> str:
+        """The line for a finished trial; `before`: the final results of the trials finished
+        earlier, `done`: how many have finished with this one."""
+        self.done_here += 1
+        done = self.done_here if done is None else done
+        status = result.get(N.STATUS, N.Status.INCOMPLETE)
         sil = float(result.get(N.SILHOUETTE, math.nan))
         loss = float(result.get(N.RECON_LOSS, math.nan))
         note = ""
-        if status == "ok" and math.isfinite(sil) and math.isfinite(loss):
-            dominated = any(s >= sil and l <= loss and (s, l) != (sil, loss) for s, l in self.front)
+        if status == N.Status.OK and math.isfinite(sil) and math.isfinite(loss):
+            front = [
+                (float(r[N.SILHOUETTE]), float(r[N.RECON_LOSS]))
+                for r in before
+                if r.get(N.STATUS) == N.Status.OK
+            ]
+            dominated = any(s >= sil and l <= loss and (s, l) != (sil, loss) for s, l in front)
             note = "" if dominated else "  on the front"
-            self.front.append((sil, loss))
         elapsed = time.time() - self.start
-        left = elapsed / self.done * max(self.total - self.done, 0)
-        filled = round(BAR * min(self.done / max(self.total, 1), 1.0))
+        left = elapsed / self.done_here * max(self.total - done, 0)
+        filled = round(BAR * min(done / max(self.total, 1), 1.0))
         line = (
-            f"[{self.done:>{len(str(self.total))}}/{self.total} {'#' * filled}{'.' * (BAR - filled)}]"
+            f"[{done:>{len(str(self.total))}}/{self.total} {'#' * filled}{'.' * (BAR - filled)}]"
             f" {clock(elapsed)}, ETA {clock(left)} | {trial_id} {describe(config):<26}"
             f" | silhouette {sil:.3f}  loss {loss:.5f} | {status}{note}"
         )
-        print(line, file=self.out or sys.stdout, flush=True)
+        if self.out is not None:
+            print(line, file=self.out, flush=True)
+        else:
+            say(line)
         return line

@@ -23,7 +23,10 @@ CLUSTERS_USED = "clusters_used"
 CLUSTER_DEGENERATE = "degenerate"
 
 EPOCH = "epoch"
-TRAIN_LOSS = "train/recon_loss"  # per epoch: mean training-mode loss; final: eval-mode MSE on train
+TRAIN_LOSS = "train/recon_loss"  # per epoch: the epoch's mean training-mode loss
+# Final only: eval-mode MSE on train after training, as val/ and test/recon_loss are measured. A
+# name of its own, so the per-epoch curve does not get a second, different point at its last step.
+EVAL_TRAIN_LOSS = "train/eval_recon_loss"
 VAL_LOSS = "val/recon_loss"
 # Per fine-tuning epoch (tune/finetune.py): the clustering term of the joint loss; the epoch's
 # reconstruction term is TRAIN_LOSS, as in pre-training, so one curve runs through both stages.
@@ -55,12 +58,25 @@ STAGES = ("pretrain", "finetune", "embed", "reduction", "abo", "kmeans", "metric
 # when that is smaller, or umap_dim (silhouette, Davies-Bouldin, Calinski-Harabasz depend on it).
 # With finetune abo, ABO's centres were trained in the latent space and it clusters there.
 CLUSTER_DIM = "cluster_dim"
-NODE = "node"  # hostname of the machine that ran the trial
+NODE = "node"  # in a result: the Ray node id (unique even for nodes on one host), else hostname
+# MLflow tags of a trial's run: what it is (ROLES) and whether it is on the search's Pareto front.
+ROLE = "role"
+ROLES = ("winner", "pareto", "baseline", "trial")
+PARETO = "pareto"
+# Parent metric after each finished trial (step = trials finished): the hypervolume of the front so
+# far, normalised by its reference box (tune/selection.py `hypervolume`).
+HYPERVOLUME = "search/hypervolume"
 
 
 def metric(split: str, name: str, clusterer: str | None = None) -> str:
     """'val/recon_loss' for metric('val', 'recon_loss'); 'val/abo/nmi' with clusterer='abo'."""
     return f"{split}/{clusterer}/{name}" if clusterer else f"{split}/{name}"
+
+
+def recon_loss(split: str) -> str:
+    """The final eval-mode reconstruction MSE of a split: 'val/recon_loss', ...,
+    EVAL_TRAIN_LOSS for train."""
+    return EVAL_TRAIN_LOSS if split == "train" else metric(split, "recon_loss")
 
 
 def stage_seconds(stage: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tune import names as N
 from tune.mlflow_writer import retry
-from tune.trial_runs import TRIAL_TAG, TrialRuns
+from tune.trial_runs import TRIAL_TAG, TrialRuns, trial_number
 
 ORPHAN_TAG = "clustertune.orphan"
 
@@ -36,7 +36,8 @@ def _complete_run(runs: TrialRuns, trial_id: str, r) -> bool:
     metrics = dict(r.metrics or {})
     dirname = Path(r.path).name if r.path else trial_id
     name = dirname[: dirname.find(trial_id) + len(trial_id)] if trial_id in dirname else dirname
-    run_id = runs.run_id_for(trial_id, r.config or {}, name)
+    number = trial_number(metrics.get("experiment_tag"))
+    run_id = runs.run_id_for(trial_id, r.config or {}, name, number)
     # every per-epoch point and the final result the run lacks, in a few requests
     history = r.metrics_dataframe
     rows = history.to_dict("records") if history is not None else []

@@ -174,6 +174,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="retries of a failed trial (from its last checkpoint)",
     )
     p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray Tune's own tables and the workers' output too (they always go to the "
+        "search's log file)",
+    )
+    p.add_argument(
         "--smoke",
         action="store_true",
         help=f"tiny search: smoke space, digits, {SMOKE_SAMPLES} trials",
@@ -346,28 +352,51 @@ def _write_text(location: str, text: str) -> None:
         f.write(text.encode())
 
 
+def log_path(s: Settings) -> Path:
+    """The search's log file: in the experiment directory, or for remote storage (where a file
+    cannot be appended to as it grows) in the system's temporary directory."""
+    if "://" in s.experiment_dir:
+        return Path(tempfile.gettempdir()) / "clustertune" / s.name / LOG_FILE
+    return Path(s.experiment_dir) / LOG_FILE
+
+
+LOG_FILE = "search.log"
+
+
 def run_search(s: Settings, dataset) -> int:
     """Start Ray and MLflow, run the Tuner, select and record the winner. Returns the exit code."""
     from tune import report  # heavy imports only once the input is known to be good
+    from tune.console import ConsoleLog, say
 
     error = _check_experiment_dir(s)
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    tracking = open_tracking(s, dataset)
-    start = time.time()
-    results = run_tuner(s, dataset, tracking.logger)
-    elapsed = time.time() - start
-    # From here on MLflow may be down: every result is safe in Ray's experiment directory, the
-    # summary is printed anyway, and `--resume` logs whatever is missing once the store is back.
-    complete = sync_trials(tracking.logger, results)
-    summary, version, complete = summarise(s, dataset, tracking, results, elapsed, complete)
-    print(report.format_summary(summary, version, s.model_name, elapsed))
-    if not complete:
-        print(recovery_hint(s), file=sys.stderr)
-        return 3
-    print(f"\nOpen these runs in the MLflow UI:\n  {report.ui_command(s.tracking_uri)}")
-    return 0 if summary.front is not None and len(summary.front) else 1
+    log = log_path(s)
+    with ConsoleLog(log, verbose=s.verbose):
+        action = "resuming" if s.resume else "starting"
+        say(
+            f"Search {s.name} ({action}): {s.num_samples} trials of {s.space.path.name} on "
+            f"{dataset.name}, {s.scheduler} scheduler. Log: {log}"
+        )
+        tracking = open_tracking(s, dataset)
+        link = report.ui_link(s.tracking_uri, tracking.experiment_id, tracking.parent_run_id)
+        say(f"MLflow: {link}")
+        start = time.time()
+        results = run_tuner(s, dataset, tracking.logger)
+        elapsed = time.time() - start
+        # From here on MLflow may be down: every result is safe in Ray's experiment directory, the
+        # summary is printed anyway, and `--resume` logs whatever is missing once the store is back.
+        complete = sync_trials(tracking.logger, results)
+        summary, version, complete = summarise(s, dataset, tracking, results, elapsed, complete)
+        say(report.format_summary(summary, version, s.model_name, elapsed))
+        if not complete:
+            say(recovery_hint(s), err=True)
+            return 3
+        parent = report.run_link(s.tracking_uri, tracking.experiment_id, tracking.parent_run_id)
+        say(f"\nOpen these runs in the MLflow UI:\n  {report.ui_command(s.tracking_uri)}")
+        say(f"  trials, best silhouette first: {link}\n  the search's run and its note: {parent}")
+        return 0 if summary.front is not None and len(summary.front) else 1
 
 
 def _quiet_tune() -> None:
@@ -402,6 +431,7 @@ class Tracking:
     experiment_id: str
     parent_run_id: str
     logger: MLflowTrialLogger
+    reference: tuple[float, float]  # the hypervolume's (silhouette, loss) reference point
 
 
 def open_tracking(s: Settings, dataset) -> Tracking:
@@ -410,6 +440,7 @@ def open_tracking(s: Settings, dataset) -> Tracking:
     from tune.store import fail_fast_http, prepare_store
     from tune.tracking import (
         MLflowTrialLogger,
+        dataset_input,
         find_search_run,
         get_or_create_experiment,
         start_search_run,
@@ -420,6 +451,8 @@ def open_tracking(s: Settings, dataset) -> Tracking:
     client = MlflowClient(s.tracking_uri)
     experiment_id = get_or_create_experiment(client, s.experiment, s.tracking_uri)
     parent_run_id = find_search_run(client, experiment_id, s.name) if s.resume else None
+    data_input = dataset_input(dataset.summary(), dataset.digest())
+    reference = hypervolume_reference(dataset)
     if parent_run_id is None:
         params = {
             "space": str(s.space.path),
@@ -432,11 +465,29 @@ def open_tracking(s: Settings, dataset) -> Tracking:
             "weights": list(s.weights),
             "winner_among": s.winner_among,
             "storage_path": s.storage,
+            "hypervolume.reference": list(reference),
             **{f"dataset.{k}": v for k, v in dataset.summary().items()},
         }
-        parent_run_id = start_search_run(client, experiment_id, s.name, params, s.space.path)
-    logger = MLflowTrialLogger(s.tracking_uri, experiment_id, parent_run_id)
-    return Tracking(client, experiment_id, parent_run_id, logger)
+        parent_run_id = start_search_run(
+            client, experiment_id, s.name, params, s.space.path, dataset=data_input
+        )
+    points = list(zip(s.space.point_names, s.space.points, strict=True))
+    logger = MLflowTrialLogger(
+        s.tracking_uri,
+        experiment_id,
+        parent_run_id,
+        points=points,
+        reference=reference,
+        dataset=data_input,
+    )
+    return Tracking(client, experiment_id, parent_run_id, logger, reference)
+
+
+def hypervolume_reference(dataset) -> tuple[float, float]:
+    """(silhouette 0, the loss of reconstructing every image as the mean image): what a
+    clustering no better than chance and an autoencoder that learnt nothing score. Fixed by the
+    data before the search, so hypervolumes of searches on the same data compare."""
+    return 0.0, round(dataset.mean_image_loss(), 6)
 
 
 def run_tuner(s: Settings, dataset, logger: MLflowTrialLogger):
@@ -444,8 +495,10 @@ def run_tuner(s: Settings, dataset, logger: MLflowTrialLogger):
     (e.g. after a tracking-server outage), read from disk without starting Ray."""
     from ray import tune
 
+    from tune.console import say
+
     if s.resume and tune_finished(s.experiment_dir):
-        print(f"{s.experiment_dir}: every trial finished; logging what MLflow misses", flush=True)
+        say(f"{s.experiment_dir}: every trial finished; logging what MLflow misses")
         return tune.ResultGrid(tune.ExperimentAnalysis(str(s.experiment_dir)))
     if not s.resume:
         saved = {key: getattr(s, key) for key in RESUMED_SETTINGS}
@@ -458,10 +511,12 @@ def run_tuner(s: Settings, dataset, logger: MLflowTrialLogger):
 
 def sync_trials(logger: MLflowTrialLogger, results) -> bool:
     """Log whatever the callback could not (store down, driver restarted); False if MLflow failed."""
+    from tune.console import say
+
     try:
         fixed = logger.sync(results)
         if fixed:
-            print(f"MLflow: completed {fixed} trial run(s) from Ray's results", flush=True)
+            say(f"MLflow: completed {fixed} trial run(s) from Ray's results")
         return True
     except Exception as e:  # noqa: BLE001 - results are safe in Ray's experiment directory
         _warn_mlflow("sync of the trials", e)
@@ -471,19 +526,30 @@ def sync_trials(logger: MLflowTrialLogger, results) -> bool:
 def summarise(s: Settings, dataset, tracking: Tracking, results, elapsed: float, complete: bool):
     """(summary, registered champion version or None, whether MLflow holds everything)."""
     from tune import report
+    from tune.trial_runs import TRIAL_TAG
 
     version = None
     with tempfile.TemporaryDirectory() as tmp:
         weights = dict(zip(N.OBJECTIVES, s.weights, strict=True))
         named_points = list(zip(s.space.point_names, s.space.points, strict=True))
         summary = report.summarise(
-            results, Path(tmp), weights, named_points, s.winner_among == "improvements"
+            results,
+            Path(tmp),
+            weights,
+            named_points,
+            s.winner_among == "improvements",
+            reference=tracking.reference,
         )
         if complete:
             client, parent = tracking.client, tracking.parent_run_id
             try:
-                report.log_summary(client, parent, summary)
-                version = _champion(client, parent, summary, dataset, s)
+                run_ids = {
+                    run.data.tags[TRIAL_TAG]: run.info.run_id
+                    for run in tracking.logger.runs.child_runs()
+                    if TRIAL_TAG in run.data.tags
+                }
+                report.log_summary(client, parent, summary, tracking.experiment_id, run_ids)
+                version = _champion(client, parent, summary, dataset, s, run_ids)
                 client.set_tag(parent, "elapsed_s", f"{elapsed:.1f}")
                 client.set_terminated(parent, "FINISHED")
             except Exception as e:  # noqa: BLE001 - as above
@@ -510,6 +576,7 @@ def make_tuner(s: Settings, dataset, logger):
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from tune.console import ProgressPrinter
     from tune.searcher import make_searcher
     from tune.tracking import MLflowTrialLogger
     from tune.trial import trainable
@@ -517,11 +584,12 @@ def make_tuner(s: Settings, dataset, logger):
     if not ray.is_initialized():
         ray.init(address=s.address, include_dashboard=False, log_to_driver=True)
     resources = {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial}
+    progress = ProgressPrinter(s.num_samples)
     fn = tune.with_resources(tune.with_parameters(trainable, data=dataset), resources)
     run_config = tune.RunConfig(
         name=s.name,
         storage_path=s.storage,
-        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), logger],
+        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), logger, progress],
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=1,
@@ -530,9 +598,11 @@ def make_tuner(s: Settings, dataset, logger):
         tuner = tune.Tuner.restore(s.experiment_dir, trainable=fn, resume_errored=True)
         # Restore brings back the run config pickled with the experiment, callbacks included: a
         # logger bound to the MLflow URI and parent run of the first start. Ray has no public way
-        # to pass new callbacks, so this one (this command's --mlflow-uri) replaces it.
-        others = [c for c in ray_private.callbacks(tuner) if not isinstance(c, MLflowTrialLogger)]
-        ray_private.set_callbacks(tuner, [*others, logger])
+        # to pass new callbacks, so this one (this command's --mlflow-uri) replaces it, and the
+        # progress lines count this command's time.
+        mine = (MLflowTrialLogger, ProgressPrinter)
+        others = [c for c in ray_private.callbacks(tuner) if not isinstance(c, mine)]
+        ray_private.set_callbacks(tuner, [*others, logger, progress])
     else:
         searcher = make_searcher(s.space, s.seed)
         scheduler = (
@@ -572,7 +642,9 @@ def tune_finished(experiment_location: str) -> bool:
 
 
 def _warn_mlflow(what: str, e: Exception) -> None:
-    print(f"warning: MLflow {what} failed: {error_line(e)}", file=sys.stderr)
+    from tune.console import say
+
+    say(f"warning: MLflow {what} failed: {error_line(e)}", err=True)
 
 
 # Parent-run tags recording the registered winner, so a repeated --resume registers it only once.
@@ -580,20 +652,45 @@ CHAMPION_TRIAL_TAG = "champion.trial_id"
 CHAMPION_VERSION_TAG = "champion.version"
 
 
-def _champion(client, parent_run_id: str, summary, dataset, s: Settings) -> str | None:
+def _champion(
+    client, parent_run_id: str, summary, dataset, s: Settings, run_ids: dict[str, str]
+) -> str | None:
     """Register the winner as `models:/<model-name>@champion` unless this search already did;
-    the registered version, or None when there is no winner."""
+    the registered version, or None when there is no winner. The model is logged in the
+    winning trial's run (its hyperparameters are the model's), the version says what it is."""
     if summary.winner_dir is None:
         return None
     from tune.champion import log_champion
 
-    trial_id = str(summary.trials.loc[summary.winner, "trial_id"])
+    best = summary.trials.loc[summary.winner]
+    trial_id = str(best["trial_id"])
     tags = client.get_run(parent_run_id).data.tags
     if tags.get(CHAMPION_TRIAL_TAG) == trial_id and CHAMPION_VERSION_TAG in tags:
         return tags[CHAMPION_VERSION_TAG]
     example = dataset.x_val[:5] if len(dataset.x_val) else dataset.x_train[:5]
+    description = (
+        f"The winner of search {s.name} on {dataset.name}: trial {trial_id} "
+        f"({best['run_name']}), validation silhouette {best[N.SILHOUETTE]:.4f}, validation "
+        f"reconstruction MSE {best[N.RECON_LOSS]:.5f}, clustered by {best[N.BEST_CLUSTERER]}. "
+        "Input: uint8 images [N, H, W]; output: cluster ids. Chosen as the trial "
+        f"{summary.rule}."
+    )
+    version_tags = {
+        "search": s.name,
+        "trial_id": trial_id,
+        "dataset": dataset.name,
+        "clusterer": str(best[N.BEST_CLUSTERER]),
+        N.SILHOUETTE: f"{best[N.SILHOUETTE]:.4f}",
+        N.RECON_LOSS: f"{best[N.RECON_LOSS]:.5f}",
+    }
     _, version = log_champion(
-        summary.winner_dir, parent_run_id, s.model_name, example, s.tracking_uri
+        summary.winner_dir,
+        run_ids.get(trial_id, parent_run_id),
+        s.model_name,
+        example,
+        s.tracking_uri,
+        description=description,
+        tags=version_tags,
     )
     client.set_tag(parent_run_id, CHAMPION_TRIAL_TAG, trial_id)
     client.set_tag(parent_run_id, CHAMPION_VERSION_TAG, version)

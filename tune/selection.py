@@ -178,3 +178,26 @@ def select(
     order = pd.to_numeric(front[first]).to_numpy(dtype=float)
     positions = np.argsort(order if direction == "min" else -order, kind="stable")
     return front.iloc[positions], winner
+
+
+def hypervolume(points, reference: tuple[float, float]) -> float:
+    """Share of the box between `reference` (silhouette, loss) and the ideal point (silhouette
+    1, loss 0) that (silhouette, loss) `points` dominate: 0 when none beats the reference in both
+    objectives, 1 only for a perfect clustering with zero loss. It only grows as trials are
+    added, and grows only when a trial moves the front outward, so its curve over finished trials
+    shows whether a search is still improving. Non-finite points are ignored."""
+    sil_ref, loss_ref = reference
+    box = (1.0 - sil_ref) * loss_ref
+    if not box > 0:
+        raise ValueError(f"hypervolume: reference {reference} leaves no box below (1, 0)")
+    costs = sorted(
+        (-float(s), float(l))
+        for s, l in points
+        if np.isfinite(s) and np.isfinite(l) and s > sil_ref and l < loss_ref
+    )
+    area, best_loss = 0.0, loss_ref
+    for i, (c, loss) in enumerate(costs):
+        best_loss = min(best_loss, loss)
+        right = costs[i + 1][0] if i + 1 < len(costs) else -sil_ref
+        area += (right - c) * (loss_ref - best_loss)
+    return area / box

@@ -13,6 +13,8 @@ The parts, each answering one question:
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import platform
 import shlex
@@ -24,13 +26,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Param
 from ray.tune import Callback
 
 from mlflow import MlflowClient
+from tune import names as N
 from tune.mlflow_writer import OFFLINE_COOLDOWN_S, StoreWriter
 from tune.provenance import git_commit
 from tune.reconcile import ORPHAN_TAG, reconcile
+from tune.selection import hypervolume
 from tune.store import (  # noqa: F401 - the store helpers, also importable from here
     LOCAL_STORE,
     TrackingError,
@@ -42,22 +46,43 @@ from tune.store import (  # noqa: F401 - the store helpers, also importable from
     redact,
     store_is_up,
 )
-from tune.trial_runs import PARENT_TAG, SEARCH_TAG, TRIAL_TAG, TrialRuns
+from tune.trial_runs import PARENT_TAG, SEARCH_TAG, TRIAL_TAG, TrialRuns, trial_number
 
 __all__ = ["MLflowTrialLogger", "ORPHAN_TAG", "PARENT_TAG", "SEARCH_TAG", "TRIAL_TAG"]
 
 LIBRARIES = ("torch", "torchvision", "ray", "optuna", "mlflow", "scikit-learn", "numpy", "numba")
 
 
+# MLflow 3's UI opens an experiment on its GenAI pages unless the experiment says it is about
+# training models (the value MLflow's UI itself sets when a user picks "machine learning").
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        for key, value in EXPERIMENT_KIND.items():
+            if key not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     artifact_location = None
     if tracking_uri.startswith("sqlite:///"):  # artifacts beside the sqlite file, absolute
         db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
         artifact_location = (db.parent / "artifacts" / name).as_uri()
-    return client.create_experiment(name, artifact_location=artifact_location)
+    return client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
+
+
+def dataset_input(summary: Mapping[str, Any], digest: str) -> DatasetInput:
+    """The search's data as an MLflow dataset input (the runs table's Dataset column)."""
+    source = {"uri": str(summary["source"])}
+    dataset = Dataset(
+        name=str(summary["name"]).rsplit("/", 1)[-1],
+        digest=digest,
+        source_type="local",
+        source=json.dumps(source),
+        profile=json.dumps({k: v for k, v in summary.items() if k not in ("name", "source")}),
+    )
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])
 
 
 def library_versions() -> dict[str, str]:
@@ -82,6 +107,7 @@ class TrialInfo:
     checkpoint: Any = None
     error_file: str | None = None
     num_failures: int = 0
+    experiment_tag: str = ""
 
     @classmethod
     def of(cls, trial) -> TrialInfo:
@@ -94,6 +120,7 @@ class TrialInfo:
             trial.checkpoint,
             trial.error_file,
             trial.num_failures,
+            getattr(trial, "experiment_tag", ""),
         )
 
 
@@ -112,27 +139,45 @@ class MLflowTrialLogger(Callback):
         experiment_id: str,
         parent_run_id: str,
         cooldown_s: float = OFFLINE_COOLDOWN_S,
+        points: list[tuple[str, dict]] | None = None,
+        reference: tuple[float, float] | None = None,
+        dataset: DatasetInput | None = None,
     ) -> None:
+        """`points`: the space's named points (their trials are the baselines), `reference`:
+        the hypervolume's (silhouette, loss) reference point, `dataset`: each run's input."""
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.cooldown_s = cooldown_s
+        self.points = list(points or [])
+        self.reference = reference
+        self.dataset = dataset
         self._reset()
 
     def _reset(self) -> None:
         self.client = MlflowClient(self.tracking_uri)
-        self.runs = TrialRuns(self.client, self.experiment_id, self.parent_run_id)
+        self.runs = TrialRuns(
+            self.client, self.experiment_id, self.parent_run_id, self.points, self.dataset
+        )
         self.writer = StoreWriter(self.tracking_uri, self.cooldown_s)
         self._lock = threading.Lock()
         self._waiting: dict[str, list[dict]] = {}  # trial id -> results not yet taken by the writer
 
     # Tune pickles its run config (with this callback) into the experiment directory.
     def __getstate__(self) -> dict:
-        keys = ("tracking_uri", "experiment_id", "parent_run_id", "cooldown_s")
+        keys = (
+            "tracking_uri",
+            "experiment_id",
+            "parent_run_id",
+            "cooldown_s",
+            "points",
+            "reference",
+            "dataset",
+        )
         return {k: self.__dict__[k] for k in keys}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"points": [], "reference": None, "dataset": None, **state})
         self._reset()
 
     @property
@@ -148,7 +193,7 @@ class MLflowTrialLogger(Callback):
         return self.writer.close(timeout_s)
 
     def _run_of(self, t: TrialInfo) -> str:
-        return self.runs.run_id_for(t.trial_id, t.config, t.name)
+        return self.runs.run_id_for(t.trial_id, t.config, t.name, trial_number(t.experiment_tag))
 
     def _log_waiting(self, t: TrialInfo) -> None:
         """Everything trial `t` reported since the writer last got here (log_metrics splits it into
@@ -202,10 +247,27 @@ class MLflowTrialLogger(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         t = TrialInfo.of(trial)
         self.writer.submit(t.trial_id, "finish run", lambda: self._finish(t, "FINISHED"))
+        self._log_hypervolume(trials, trial)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         t = TrialInfo.of(trial)
         self.writer.submit(t.trial_id, "finish run", lambda: self._finish(t, "FAILED"))
+        self._log_hypervolume(trials, trial)
+
+    def _log_hypervolume(self, trials, trial) -> None:
+        """The parent's N.HYPERVOLUME after this trial: step = trials ended so far (those of
+        before a --resume included: Tune's list holds them), over every ok final result."""
+        if self.reference is None:
+            return
+        # Tune calls the hooks before it marks the trial: its status still says RUNNING
+        ended = [t for t in trials if t is trial or t.status in ("TERMINATED", "ERROR")]
+        value = hypervolume(ok_objectives(t.last_result for t in ended), self.reference)
+        step = len(ended)
+        self.writer.submit(
+            f"search:{self.parent_run_id}",
+            "log hypervolume",
+            lambda: self.client.log_metric(self.parent_run_id, N.HYPERVOLUME, value, step=step),
+        )
 
     # -- after the search -------------------------------------------------------------------
     def sync(self, results) -> int:
@@ -216,8 +278,19 @@ class MLflowTrialLogger(Callback):
             raise TrackingError(f"MLflow store {redact(self.tracking_uri)} does not answer")
         self.writer.offline_until = None
         changed, trial_ids = reconcile(self.runs, results)
-        self.writer.pending -= trial_ids
+        # the hypervolume points the writer missed are logged with the summary (tune/report.py)
+        self.writer.pending -= {*trial_ids, f"search:{self.parent_run_id}"}
         return changed
+
+
+def ok_objectives(results) -> list[tuple[float, float]]:
+    """(silhouette, loss) of the final results with status ok (the hypervolume's points)."""
+    out = []
+    for r in results:
+        if r and r.get(N.STATUS) == N.Status.OK:
+            sil, loss = float(r.get(N.SILHOUETTE, math.nan)), float(r.get(N.RECON_LOSS, math.nan))
+            out.append((sil, loss))
+    return out
 
 
 def start_search_run(
@@ -227,6 +300,7 @@ def start_search_run(
     params: Mapping[str, Any],
     space_file: Path,
     argv: Iterable[str] | None = None,
+    dataset: DatasetInput | None = None,
 ) -> str:
     """The parent run: command line, commit, space file, dataset and library versions."""
     argv = list(sys.argv if argv is None else argv)
@@ -236,6 +310,7 @@ def start_search_run(
         "mlflow.source.git.commit": git_commit(),
         "mlflow.source.name": "tune/search.py",
         SEARCH_TAG: name,
+        N.ROLE: "search",
         "host": platform.node(),
     }
     run = client.create_run(experiment_id, run_name=name, tags=tags)
@@ -245,6 +320,8 @@ def start_search_run(
         run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(all_params.items())]
     )
     client.log_artifact(run_id, str(space_file), artifact_path="space")
+    if dataset is not None:
+        client.log_inputs(run_id, datasets=[dataset])
     return run_id
 
 

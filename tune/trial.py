@@ -208,7 +208,7 @@ def run_trial(
     with _timed(timings, "embed"):
         z = {split: embed(model, xs).cpu().numpy() for split, xs in x.items()}
         for split in N.SPLITS:
-            result[N.metric(split, "recon_loss")] = reconstruction_loss(model, x[split])
+            result[N.recon_loss(split)] = reconstruction_loss(model, x[split])
     with _timed(timings, "reduction"):
         reducer = fit_reduction(cfg.reduction, seed, z["train"])
         reduced = z

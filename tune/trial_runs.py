@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, Metric, Param, RunTag
 
 from mlflow import MlflowClient
 from tune import names as N
+from tune.config import describe, point_name
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "ray.trial_id"
@@ -27,16 +28,28 @@ SEARCH_TAG = "clustertune.search"
 class TrialRuns:
     """The child runs of one search's parent run, and what each one holds already."""
 
-    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str) -> None:
+    def __init__(
+        self,
+        client: MlflowClient,
+        experiment_id: str,
+        parent_run_id: str,
+        points: list[tuple[str, dict]] | None = None,
+        dataset: DatasetInput | None = None,
+    ) -> None:
         self.client = client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
+        self.points = points or []
+        self.dataset = dataset
         self.run_ids: dict[str, str] = {}
         # run id -> its per-epoch points as (epoch, train loss), and the runs holding a final result
         self.epochs_logged: dict[str, set[tuple[int, float]]] = {}
         self.final_logged: set[str] = set()
 
-    def run_id_for(self, trial_id: str, config: Mapping[str, Any], name: str) -> str:
+    def run_id_for(
+        self, trial_id: str, config: Mapping[str, Any], name: str, number: int | None = None
+    ) -> str:
+        """The trial's run, created (named with `number`, see run_name) if it has none."""
         if trial_id in self.run_ids:
             return self.run_ids[trial_id]
         found = self.client.search_runs(
@@ -52,16 +65,22 @@ class TrialRuns:
                 self.final_logged.add(run_id)
             logged = found[0].data.params
         else:
+            point = point_name(config, self.points)
             run = self.client.create_run(
                 self.experiment_id,
-                run_name=name,
+                run_name=run_name(trial_id, config, point, number),
                 tags={
                     PARENT_TAG: self.parent_run_id,
                     TRIAL_TAG: trial_id,
                     SEARCH_TAG: self.parent_run_id,
+                    "ray.trial_name": name,
+                    N.ROLE: "baseline" if point else "trial",
+                    **({"point": point} if point else {}),
                 },
             )
             run_id = run.info.run_id
+            if self.dataset is not None:
+                self.client.log_inputs(run_id, datasets=[self.dataset])
             self.epochs_logged[run_id] = set()
             logged = {}
         # Run and params are two requests: a driver killed between them leaves a run without
@@ -73,10 +92,7 @@ class TrialRuns:
         return run_id
 
     def log_results(self, run_id: str, results: list[Mapping[str, Any]]) -> bool:
-        """Log, in one request, those Tune results the run lacks; True if something was logged.
-
-        The final result reports the eval-mode training loss at the last epoch: a point of its own.
-        """
+        """Log, in one request, those Tune results the run lacks; True if something was logged."""
         seen = self.epochs_logged.setdefault(run_id, set())
         metrics: list[Metric] = []
         tags: list[RunTag] = []
@@ -86,15 +102,12 @@ class TrialRuns:
                 final = True
                 tags = result_tags(result)
                 metrics += result_metrics(result)
-                # progress.csv may hold the final result as a plain row too (its columns are the
-                # first result's): its point counts as logged
-                points.add(_point(result))
             for row in epoch_rows(result):
                 point = _point(row)
                 if point not in seen and point not in points:
                     points.add(point)
                     metrics += result_metrics(row)
-        if not points:
+        if not points and not final:
             return False
         log_metrics(self.client, run_id, metrics, tags)
         seen |= points
@@ -139,17 +152,35 @@ class TrialRuns:
                 return runs
 
 
+def trial_number(experiment_tag: str | None) -> int | None:
+    """The trial's number in the order Tune's searcher created it: the leading count of Tune's
+    `experiment_tag` ("7_arch=conv,..."), which a Trial and each of its results carry."""
+    head = str(experiment_tag or "").split("_", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def run_name(
+    trial_id: str, config: Mapping[str, Any], point: str = "", number: int | None = None
+) -> str:
+    """What the runs table shows: '07 conv 16/8 z46 pca8', or 'doc1-mlp (baseline)'."""
+    if point:
+        return f"{point} (baseline)"
+    return f"{number:02d} {describe(config)}" if number is not None else describe(config)
+
+
 def numeric_items(result: Mapping[str, Any]) -> dict[str, float]:
-    """Our numeric entries of a Tune result: "<split>/..." metrics and a few flags.
+    """Our numeric entries of a Tune result: the "<split>/..." metrics and the model's size.
 
     Tune's own bookkeeping has no "/" in its keys; flattened config entries ("config/lr", in
-    progress.csv rows) are params, not metrics.
+    progress.csv rows) are params, not metrics. The 0/1 flags (degenerate, diverged, a
+    clusterer's degenerate) are nearly always 0: the `status` and `degenerate_clusterers` tags
+    say the same without a constant chart in every run.
     """
-    extra = (N.DEGENERATE, N.DIVERGED, "n_parameters")
     return {
         k: float(v)
         for k, v in result.items()
-        if ("/" in k and not k.startswith("config/") or k in extra)
+        if ("/" in k and not k.startswith("config/") or k == "n_parameters")
+        and not k.endswith(f"/{N.CLUSTER_DEGENERATE}")
         and isinstance(v, int | float)
         and not isinstance(v, bool)
     }
@@ -177,7 +208,11 @@ def epoch_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
                 row[N.CLUSTER_LOSS] = _float(cluster[0])
             rows.append(row)
         return rows
-    return [] if N.is_final(result) else [dict(result)]
+    if N.is_final(result) or not math.isfinite(_float(result.get(N.TRAIN_LOSS))):
+        # progress.csv holds the final result as a plain row too (its columns are the first
+        # result's), without a training loss: not an epoch's point
+        return []
+    return [dict(result)]
 
 
 def _float(value: Any) -> float:
@@ -188,19 +223,23 @@ def result_tags(result: Mapping[str, Any]) -> list[RunTag]:
     """The trial's tags, from its final result (none for a per-epoch one)."""
     if not N.is_final(result):
         return []
-    tags = [
-        RunTag(key, str(result[key])[:5000])
-        for key in (N.STATUS, N.BEST_CLUSTERER, N.NODE, "hostname", "device", "reason")
-        if key in result
-    ]
-    tags.append(RunTag("node_ip", str(result.get("node_ip", ""))))
-    tags.append(RunTag(N.DEGENERATE, "true" if result.get(N.DEGENERATE) else "false"))
+    values = {
+        key: str(result[key])
+        for key in (N.STATUS, N.BEST_CLUSTERER, "hostname", "node_ip", "device", "reason")
+        if result.get(key) not in (None, "")
+    }
+    if result.get(N.NODE):  # a Ray node id: 56 hex digits; the tag a person reads is short
+        node = str(result[N.NODE])
+        values["ray.node_id"] = node
+        host = result.get("hostname")
+        values[N.NODE] = f"{host} {node[:8]}" if host and host != node else node[:40]
     split = "val" if N.metric("val", N.CLUSTER_DEGENERATE, N.CLUSTERERS[0]) in result else "train"
     collapsed = [
         c for c in N.CLUSTERERS if result.get(N.metric(split, N.CLUSTER_DEGENERATE, c)) == 1.0
     ]
-    tags.append(RunTag(N.DEGENERATE_CLUSTERERS, ",".join(collapsed)))
-    return tags
+    if collapsed:
+        values[N.DEGENERATE_CLUSTERERS] = ",".join(collapsed)
+    return [RunTag(k, v[:5000]) for k, v in values.items()]
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric], tags=()) -> None:
