@@ -151,3 +151,22 @@ class TrialConfig:
     def last_epoch(self) -> int:
         """The trial's last epoch if no stage stops early: pre-training, then fine-tuning."""
         return self.training.epochs + (self.finetune.epochs if self.finetune else 0)
+
+
+def describe(config: Mapping[str, Any]) -> str:
+    """A trial's configuration in a few words, e.g. 'conv 16/8 z46 dec umap10'."""
+    arch = config.get("arch", "?")
+    if arch == "mlp":
+        layers = [config.get(f"mlp_width_{i}") for i in range(1, int(config["mlp_depth"]) + 1)]
+    else:
+        layers = [config.get(f"conv_channels_{i}") for i in range(1, int(config["conv_depth"]) + 1)]
+    words = [f"{arch} " + ("-" if arch == "mlp" else "/").join(str(w) for w in layers)]
+    words.append(f"z{config.get('latent_dim')}")
+    if config.get("finetune", "none") != "none":
+        words.append(config["finetune"])
+    reduction = config.get("reduction", "none")
+    if reduction == "pca":
+        words.append(f"pca{config['pca_dim']}")
+    elif reduction == "umap":
+        words.append(f"umap{config['umap_dim']}")
+    return " ".join(words)
