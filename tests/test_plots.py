@@ -195,3 +195,9 @@ def test_loss_panels_are_what_ran_and_matters(history, abo_loss, objective, expe
         np.testing.assert_array_equal(fig.axes[1].lines[0].get_ydata(), [0.5, 0.4])
     if objective == "abo" and abo_loss:
         np.testing.assert_array_equal(fig.axes[-1].lines[0].get_ydata(), ABO_LOSS)
+
+
+def test_short_ids():
+    assert plots.short_id("238ac70e") == "238ac70e"
+    assert plots.short_id("trainable_0dc01b57_5_abo_batch_size=1024,abo_epochs=50") == "0dc01b57"
+    assert plots.short_id("d1") == "d1"

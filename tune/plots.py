@@ -1,5 +1,5 @@
 """The figures a user sees in MLflow: per trial the reconstruction grid, the embedding and the loss
-curves.
+curves; per search the Pareto front.
 
 Each figure has a builder that returns the matplotlib Figure (what tests inspect) and a thin
 wrapper that saves it as a PNG and closes it (what trials and the report call).
@@ -7,6 +7,7 @@ wrapper that saves it as a PNG and closes it (what trials and the report call).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,13 @@ import matplotlib
 matplotlib.use("Agg")  # trials run headless on any node
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
+
+from tune import names as N  # noqa: E402
 
 CLUSTERER_NAMES = {"abo": "ABO_clusterer", "kmeans": "KMeans"}
 SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
@@ -27,6 +32,8 @@ SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 MAX_POINTS = 5000
 TITLE_SIZE = 11
 LABEL_SIZE = 10
+ARCH_MARKERS = {"mlp": "o", "conv": "s"}
+OTHER_MARKERS = ("^", "D", "v", "P")  # an architecture the space may add later
 
 
 def reconstruction_grid(x: np.ndarray, x_hat: np.ndarray, path: Path, n: int = 10) -> Path:
@@ -278,6 +285,189 @@ def loss_figure(
 def loss_curves(history: Sequence[Mapping[str, float]], path: Path, **kwargs: Any) -> Path:
     """loss_figure(history, **kwargs) as a PNG at `path`."""
     return save(loss_figure(history, **kwargs), path)
+
+
+# --- Pareto front -------------------------------------------------------------------------------
+
+
+def pareto_figure(df: pd.DataFrame) -> Figure:
+    """Every finished ok trial of a trials table (tune/report.py) in the objectives' plane: a
+    marker per architecture, filled on the Pareto front, each labelled with its trial id; the
+    front's line; the winner starred; the baselines (rows with a `point`) named."""
+    sil, rec = N.SILHOUETTE, N.RECON_LOSS
+    status_ok = df[N.STATUS] == N.Status.OK
+    ok = df[status_ok & np.isfinite(df[rec].astype(float)) & np.isfinite(df[sil].astype(float))]
+    pareto = ok["pareto"] if "pareto" in ok else pd.Series(False, index=ok.index)
+    winner = ok["winner"] if "winner" in ok else pd.Series(False, index=ok.index)
+    point = ok["point"].fillna("").astype(str) if "point" in ok else pd.Series("", index=ok.index)
+    arch = ok["arch"].astype(str) if "arch" in ok else pd.Series("?", index=ok.index)
+    fig, ax = plt.subplots(figsize=(8.5, 6.2))
+    front = ok[pareto].sort_values(rec)
+    ax.plot(front[rec], front[sil], "-", color="tab:blue", lw=1.2, zorder=1, gid="front")
+    handles = []
+    others = iter(OTHER_MARKERS)
+    known = list(ARCH_MARKERS)  # the legend lists mlp, conv, then any other
+    for a in sorted(arch.unique(), key=lambda a: (known.index(a) if a in known else 9, a)):
+        marker = ARCH_MARKERS.get(a) or next(others, "X")
+        for on_front in (False, True):
+            rows = ok[(arch == a) & (pareto == on_front)]
+            ax.plot(
+                rows[rec],
+                rows[sil],
+                ls="none",
+                marker=marker,
+                ms=7,
+                gid=f"arch={a}",
+                mfc="tab:blue" if on_front else "0.85",
+                mec="tab:blue" if on_front else "0.4",
+                zorder=2 + on_front,
+            )
+        handles.append(
+            Line2D(
+                [],
+                [],
+                ls="none",
+                marker=marker,
+                ms=7,
+                mfc="0.85",
+                mec="0.4",
+                label=f"{a} ({(arch == a).sum()})",
+            )
+        )
+    won = ok[winner]
+    ax.plot(
+        won[rec],
+        won[sil],
+        ls="none",
+        marker="*",
+        ms=20,
+        color="tab:red",
+        mec="darkred",
+        zorder=4,
+        gid="winner",
+    )
+    handles.append(
+        Line2D([], [], color="tab:blue", lw=1.2, marker="o", mfc="tab:blue", label="Pareto front")
+    )
+    if len(won):
+        handles.append(
+            Line2D(
+                [],
+                [],
+                ls="none",
+                marker="*",
+                ms=14,
+                color="tab:red",
+                label=f"winner {short_id(won['trial_id'].iloc[0])}",
+            )
+        )
+    ax.margins(0.08)
+    ax.set_xlabel("validation reconstruction MSE (lower is better)", fontsize=LABEL_SIZE)
+    ax.set_ylabel("validation silhouette (higher is better)", fontsize=LABEL_SIZE)
+    ax.set_title(f"{len(ok)} finished trials; labels: trial ids", fontsize=TITLE_SIZE)
+    ax.legend(handles=handles, fontsize=9, loc="best")
+    skipped = df.loc[~df.index.isin(ok.index), N.STATUS].astype(str).value_counts()
+    if len(skipped):
+        note = ", ".join(f"{v} {k}" for k, v in skipped.items())
+        fig.text(0.01, 0.01, f"not shown: {note}", fontsize=8, color="0.3")
+    fig.tight_layout()  # label placement below works in the final layout's pixels
+
+    # Most important first, so they get the free spots: winner, baselines, front, the rest.
+    rank = 4 * winner.astype(int) + 2 * (point != "").astype(int) + pareto.astype(int)
+    labels = []
+    for i in rank.sort_values(ascending=False, kind="stable").index:
+        tid = short_id(ok.at[i, "trial_id"])
+        if point[i]:
+            labels.append((i, f"{point[i]} ({tid})", 8, "bold", 0))
+        else:
+            labels.append((i, tid, 7, "bold", 7) if winner[i] else (i, tid, 6.5, "normal", 0))
+    _place_labels(ax, ok[rec].to_numpy(float), ok[sil].to_numpy(float), ok.index, labels)
+    return fig
+
+
+def pareto_front(df: pd.DataFrame, path: Path) -> Path:
+    """pareto_figure(df) as a PNG at `path`."""
+    return save(pareto_figure(df), path, dpi=110)
+
+
+def short_id(trial_id: object) -> str:
+    """The 8 hex characters Ray gives a searcher's trial (also the MLflow tag `ray.trial_id`),
+    found in a longer name too (a trial directory); another id as is, cut to 12 characters."""
+    s = str(trial_id)
+    m = re.search(r"(?<![0-9a-f])[0-9a-f]{8}(?![0-9a-f])", s)
+    return m.group(0) if m and len(s) > 12 else s[:12]
+
+
+# (dx, dy) in points from the marker, tried in order; alignment follows the direction.
+_OFFSETS = [
+    (4, 3),
+    (4, -3),
+    (-4, 3),
+    (-4, -3),
+    (0, 7),
+    (0, -7),
+    (10, 10),
+    (10, -10),
+    (-10, 10),
+    (-10, -10),
+    (0, 15),
+    (0, -15),
+]
+
+
+def _place_labels(ax, xs: np.ndarray, ys: np.ndarray, index, labels) -> None:
+    """Annotate each (row, text, fontsize, weight, pad) at the first offset where its box hits no
+    placed label and no other marker (else where it overlaps least): a greedy placement, cheap
+    for a few hundred points, that keeps most labels readable."""
+    ax.get_xlim(), ax.get_ylim()  # settle the lazy autoscaling before transforming
+    px = ax.figure.dpi / 72.0
+    where = {i: k for k, i in enumerate(index)}
+    pts = ax.transData.transform(np.column_stack([xs, ys]))
+    r = 4 * px  # a marker's half size
+    markers = np.column_stack([pts - r, pts + r])  # [x0, y0, x1, y1]
+    for i, *_, pad in labels:  # a padded label's marker is a big one: others keep clear of it
+        markers[where[i]] += np.array([-1, -1, 1, 1]) * pad * px
+    boxes = np.empty((0, 4))
+    for i, text, size, weight, pad in labels:
+        k = where[i]
+        w, h = 0.6 * size * len(text) * px, 1.1 * size * px
+        best, best_cost = None, np.inf
+        others = np.delete(markers, k, axis=0)
+        for dx, dy in _OFFSETS:
+            dx, dy = dx + pad * np.sign(dx), dy + pad * np.sign(dy)  # clear of a big marker
+            x0 = pts[k, 0] + dx * px - (w if dx < 0 else w / 2 if dx == 0 else 0)
+            y0 = pts[k, 1] + dy * px - (h if dy < 0 else 0)
+            box = np.array([x0, y0, x0 + w, y0 + h])
+            cost = _overlap(box, boxes).sum() + _overlap(box, others).sum()
+            if cost < best_cost:
+                best, best_cost = (dx, dy, box), cost
+            if cost == 0:
+                break
+        dx, dy, box = best
+        boxes = np.vstack([boxes, box])
+        ax.annotate(
+            text,
+            (xs[k], ys[k]),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            fontsize=size,
+            fontweight=weight,
+            ha="right" if dx < 0 else "center" if dx == 0 else "left",
+            va="top" if dy < 0 else "bottom",
+            color="0.15",
+            arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5}
+            if abs(dx) > 6 + pad
+            else None,
+        )
+
+
+def _overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Overlap areas of `box` [4] with each of `boxes` [M, 4] (x0, y0, x1, y1)."""
+    if not len(boxes):
+        return np.zeros(0)
+    w = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
+    h = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
+    return np.clip(w, 0, None) * np.clip(h, 0, None)
 
 
 def save(fig: Figure, path: Path, dpi: int = 80) -> Path:

@@ -7,15 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
+import yaml
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-
-from tune import names as N  # noqa: E402
-from tune.selection import beats_all, select  # noqa: E402
+from tune import names as N
+from tune import plots
+from tune.selection import beats_all, select
 
 SHOW = [
     "trial_id",
@@ -104,7 +101,7 @@ def summarise(
     files = [tmp / "all_trials.csv"]
     if front is not None:
         df.loc[front.index].to_csv(tmp / "pareto.csv", index=False)
-        plot_front(df, tmp / "pareto_front.png")
+        plots.pareto_front(df, tmp / "pareto_front.png")
         best = df.loc[winner]
         won = next(r for r in results if (r.metrics or {}).get("trial_id") == best["trial_id"])
         (tmp / BEST_CONFIG).write_text(best_config_yaml(str(best["trial_id"]), won.config))
@@ -144,31 +141,6 @@ def log_summary(client, parent_run_id: str, summary: Summary) -> None:
     client.log_batch(parent_run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
     client.set_tag(parent_run_id, "winner_trial_id", str(best["trial_id"]))
     client.set_tag(parent_run_id, N.BEST_CLUSTERER, str(best.get(N.BEST_CLUSTERER, "")))
-
-
-def plot_front(df: pd.DataFrame, path: Path) -> None:
-    sil, rec = N.SILHOUETTE, N.RECON_LOSS
-    ok = df[df[N.STATUS] == N.Status.OK]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.scatter(ok[rec], ok[sil], c="lightgray", edgecolors="gray", label="trials")
-    front = ok[ok["pareto"]].sort_values(rec)
-    ax.plot(front[rec], front[sil], "o-", color="tab:blue", label="Pareto front")
-    for _, row in ok[ok["point"] != ""].iterrows():
-        ax.annotate(
-            row["point"],
-            (row[rec], row[sil]),
-            fontsize=8,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
-    win = ok[ok["winner"]]
-    ax.scatter(win[rec], win[sil], marker="*", s=250, color="tab:red", zorder=3, label="winner")
-    ax.set_xlabel("validation reconstruction MSE (lower is better)")
-    ax.set_ylabel("validation silhouette (higher is better)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def format_summary(summary: Summary, version: str | None, model_name: str, elapsed: float) -> str:
