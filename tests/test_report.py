@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
 import pytest
 
 from tune import names as N
-from tune import report
+from tune import plots, report
 from tune.space import load_space
 
 DOC1, DOC2 = load_space("seeds").points  # the documents' full configurations
@@ -69,3 +70,31 @@ def test_best_config_is_the_winners_own_config_as_a_points_only_space(tmp_path):
     types = {k: type(v) for k, v in space.points[0].items()}
     assert types == {k: type(v) for k, v in expected.items()}  # 2 stays an int, 0.0 a float
     assert "--seed 7" in space.description
+
+
+def test_pareto_plot_names_every_finished_trial_and_marks_each_architecture(tmp_path):
+    failed = result("bad", {**DOC2, "latent_dim": 7}, float("nan"), float("nan"), "diverged")
+    s = report.summarise([*RESULTS, failed], tmp_path, points=POINTS)
+    assert (tmp_path / "pareto_front.png").exists()
+    fig = plots.pareto_figure(s.trials)
+    (ax,) = fig.axes
+    texts = [t.get_text() for t in ax.texts]
+    # every ok trial once, by its id; the baselines by their point's name as well
+    assert sorted(texts) == sorted(["doc1-mlp (d1)", "doc2-conv (d2)", "hi", "knee", "imp"])
+    assert [t.get_text() for t in fig.texts] == ["not shown: 1 diverged"]
+    lines = {}
+    for line in ax.lines:
+        lines.setdefault(line.get_gid(), []).append(line)
+    markers = {gid: {x.get_marker() for x in ls} for gid, ls in lines.items()}
+    assert markers["arch=mlp"] == {"o"} and markers["arch=conv"] == {"s"}
+    count = {gid: sum(len(x.get_xdata()) for x in ls) for gid, ls in lines.items()}
+    assert count["arch=mlp"] == 2 and count["arch=conv"] == 3  # d1, hi / d2, knee, imp
+    win = s.trials.loc[s.winner]
+    (star,) = lines["winner"]
+    assert star.get_marker() == "*"
+    assert list(star.get_xdata()) == [win[N.RECON_LOSS]]
+    front = s.trials[s.trials["pareto"]].sort_values(N.RECON_LOSS)
+    assert list(lines["front"][0].get_xdata()) == list(front[N.RECON_LOSS])
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["mlp (2)", "conv (3)", "Pareto front", f"winner {win['trial_id']}"]
+    plt.close(fig)

@@ -14,11 +14,12 @@ import torch
 from sklearn.metrics import normalized_mutual_info_score, silhouette_score
 
 from tune import names as N
+from tune import plots
 from tune.champion import ClusterModel
 from tune.config import TrialConfig
 from tune.data import load_dataset
 from tune.reduction import apply_reduction, fit_reduction
-from tune.trial import CLUSTERERS_FILE, REDUCTION_FILE, run_trial
+from tune.trial import ARTIFACTS, CLUSTERERS_FILE, REDUCTION_FILE, run_trial
 
 CONFIG = {
     "arch": "mlp",
@@ -191,3 +192,35 @@ def test_a_partly_collapsed_clustering_never_beats_a_full_one(digits):
     assert result[N.BEST_CLUSTERER] == "kmeans"
     assert result[N.SILHOUETTE] == result[N.metric("val", "silhouette", "kmeans")]
     assert result[N.PARTIAL] == 0.0
+
+
+def test_the_trials_figures_show_what_its_clusterers_saw(digits, tmp_path, monkeypatch):
+    # Each figure is kept as built, before its PNG is written (tune/plots.py's save).
+    figures = {}
+    save = plots.save
+    monkeypatch.setattr(plots, "save", lambda fig, path, **kw: figures.setdefault(path.name, fig))
+    config = config_with({"reduction": "pca", "pca_dim": 2})
+    result = run_trial(config, digits, device="cpu", out_dir=tmp_path)
+    assert set(figures) == set(ARTIFACTS)
+    best = result[N.BEST_CLUSTERER]
+    name = plots.CLUSTERER_NAMES[best]
+
+    fig = figures["embedding.png"]
+    heads = [ax.get_title().splitlines()[0] for ax in fig.axes]
+    others = [plots.CLUSTERER_NAMES[c] for c in N.CLUSTERERS if c != best]
+    assert heads == [f"{name} (objective)", "true labels (10 classes)", *others]
+    sil = result[N.metric("val", "silhouette", best)]
+    used = int(result[N.metric("val", N.CLUSTERS_USED, best)])
+    assert f"silhouette {sil:.3f} · {used}/10 clusters" in fig.axes[0].get_title()
+    assert fig.get_suptitle() == f"mlp 32 z8 pca2 · validation split, {len(digits.x_val)} points"
+    # The 2-d space the clusterers saw, as is: the validation codes reduced as the served model
+    # reduces them (not the 8-d codes' principal components).
+    seen = reduced_codes(served(tmp_path), digits.x_val)
+    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), seen, atol=1e-5)
+    np.testing.assert_allclose(fig.axes[1].collections[0].get_offsets(), seen, atol=1e-5)
+
+    loss_titles = [ax.get_title().splitlines()[0] for ax in figures["loss_curves.png"].axes]
+    expected = ["reconstruction loss (pre-training)"]
+    assert loss_titles == expected + (["ABO_clusterer's own fit"] if best == "abo" else [])
+    for path, fig in figures.items():  # and they still save
+        save(fig, tmp_path / f"again-{path}")

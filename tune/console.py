@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, TextIO
 from ray import tune
 
 from tune import names as N
-from tune.config import describe
+from tune.config import describe  # ray-free, so trials can title their figures with it
 
 BAR = 12  # characters of the progress bar
 

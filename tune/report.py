@@ -10,18 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
+import yaml
+from mlflow.entities import Metric
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-from mlflow.entities import Metric  # noqa: E402
-
-from tune import names as N  # noqa: E402
-from tune.config import point_name  # noqa: E402
-from tune.selection import beats_all, hypervolume, select  # noqa: E402
-from tune.trial_runs import run_name, trial_number  # noqa: E402
+from tune import names as N
+from tune import plots
+from tune.config import point_name
+from tune.selection import beats_all, hypervolume, select
+from tune.trial_runs import run_name, trial_number
 
 SHOW = ["trial_id", "run_name", N.SILHOUETTE, N.RECON_LOSS, N.BEST_CLUSTERER, "test_nmi"]
 # The per-trial label scores a user compares (reported, never used to select): those of the
@@ -127,7 +124,7 @@ def summarise(
     files = [tmp / "all_trials.csv"]
     if front is not None:
         df.loc[front.index].to_csv(tmp / "pareto.csv", index=False)
-        plot_front(df, tmp / "pareto_front.png")
+        plots.pareto_front(df, tmp / "pareto_front.png")
         best = df.loc[winner]
         won = next(r for r in results if (r.metrics or {}).get("trial_id") == best["trial_id"])
         (tmp / BEST_CONFIG).write_text(best_config_yaml(str(best["trial_id"]), won.config))
@@ -137,7 +134,7 @@ def summarise(
     history = []
     if reference is not None and len(df) and all(k in df for k in N.OBJECTIVES):
         history = hypervolume_history(df, reference)
-        plot_hypervolume(history, reference, tmp / "hypervolume.png")
+        plots.hypervolume_curve(history, reference, tmp / "hypervolume.png")
         files.append(tmp / "hypervolume.png")
     return Summary(df, front, winner, winner_dir, files, rule, history, reference)
 
@@ -295,49 +292,6 @@ def _fmt(value) -> str:
         return f"{float(value):.3f}" if math.isfinite(float(value)) else "-"
     except (TypeError, ValueError):
         return "-"
-
-
-def plot_hypervolume(history: list[float], reference: tuple[float, float], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps = range(1, len(history) + 1)
-    ax.step(steps, history, where="post", color="tab:blue")
-    ax.plot(steps, history, "o", ms=3, color="tab:blue")
-    ax.set_xlabel("trials ended")
-    ax.set_ylabel("hypervolume of the front")
-    ax.set_title(
-        f"Is the search still improving? (reference: silhouette {reference[0]:g}, "
-        f"loss {reference[1]:.4g})",
-        fontsize=10,
-    )
-    ax.set_ylim(bottom=0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def plot_front(df: pd.DataFrame, path: Path) -> None:
-    sil, rec = N.SILHOUETTE, N.RECON_LOSS
-    ok = df[df[N.STATUS] == N.Status.OK]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.scatter(ok[rec], ok[sil], c="lightgray", edgecolors="gray", label="trials")
-    front = ok[ok["pareto"]].sort_values(rec)
-    ax.plot(front[rec], front[sil], "o-", color="tab:blue", label="Pareto front")
-    for _, row in ok[ok["point"] != ""].iterrows():
-        ax.annotate(
-            row["point"],
-            (row[rec], row[sil]),
-            fontsize=8,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
-    win = ok[ok["winner"]]
-    ax.scatter(win[rec], win[sil], marker="*", s=250, color="tab:red", zorder=3, label="winner")
-    ax.set_xlabel("validation reconstruction MSE (lower is better)")
-    ax.set_ylabel("validation silhouette (higher is better)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def format_summary(summary: Summary, version: str | None, model_name: str, elapsed: float) -> str:

@@ -30,7 +30,7 @@ from models.abo import ABOClusterer
 from models.build import build_autoencoder, count_parameters
 from tune import names as N
 from tune import plots
-from tune.config import TrialConfig
+from tune.config import TrialConfig, describe
 from tune.data import Dataset
 from tune.finetune import finetune, initial_centers
 from tune.metrics import CLUSTER_SCORE_KEYS, cluster_scores, label_scores, silhouette_scores
@@ -255,11 +255,12 @@ def run_trial(
     if out_dir is not None:
         _write_outputs(
             Path(out_dir),
-            cfg.flat,
+            cfg,
             model,
             reducer,
             clusterers,
             x,
+            y,
             seen,
             labels,
             epochs_run,
@@ -348,7 +349,7 @@ def _objective_clusterer(
 
 
 def _write_outputs(
-    out, config, model, reducer, clusterers, x, seen, labels, history, result
+    out, cfg, model, reducer, clusterers, x, y, seen, labels, history, result
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / MODEL_FILE)
@@ -359,7 +360,7 @@ def _write_outputs(
     )
     if reducer is not None:  # the served model reduces codes exactly as the trial did
         joblib.dump(reducer, out / REDUCTION_FILE)
-    config = {**dict(config), "image_shape": list(model.image_shape)}  # for rebuilding the model
+    config = {**dict(cfg.flat), "image_shape": list(model.image_shape)}  # for rebuilding the model
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True))
     (out / RESULT_FILE).write_text(json.dumps(result, indent=1, sort_keys=True))
     split = "val" if len(x["val"]) else "train"
@@ -368,9 +369,44 @@ def _write_outputs(
         x_hat = model(xs)
     plots.reconstruction_grid(xs[:, 0].cpu().numpy(), x_hat[:, 0].cpu().numpy(), out / ARTIFACTS[0])
     best = result[N.BEST_CLUSTERER]
-    space = seen[best if best in seen else "kmeans"][split]
-    plots.embedding_scatter(space, labels[split], out / ARTIFACTS[1])
-    plots.loss_curves(history, clusterers["abo"].loss_history_, out / ARTIFACTS[2])
+    plots.embedding_scatter(
+        _embedding_panels(cfg, reducer, seen, labels, result, split),
+        out / ARTIFACTS[1],
+        objective=best,
+        n_clusters=cfg.clustering.n_clusters,
+        split=split,
+        truth=y[split] if len(y[split]) == len(x[split]) else None,
+        title=describe(cfg.flat),
+        seed=cfg.seed,
+    )
+    abo = clusterers["abo"]
+    plots.loss_curves(
+        history,
+        out / ARTIFACTS[2],
+        abo_loss=abo.loss_history_ if abo.n_iter_ else [],  # jointly trained centres: no own fit
+        objective=best,
+        finetune=cfg.finetune.kind if cfg.finetune else None,
+    )
+
+
+def _embedding_panels(cfg, reducer, seen, labels, result, split) -> list[plots.ClusterPanel]:
+    """Each clusterer's labels of `split` in the space it clustered, with its scores there."""
+    panels = []
+    for name, split_labels in labels[split].items():
+        latent = clusterer_space(cfg, name) == "latent" or reducer is None
+        nmi = result.get(N.metric(split, "nmi", name))
+        panels.append(
+            plots.ClusterPanel(
+                name=name,
+                points=seen[name][split],
+                space="latent" if latent else cfg.reduction.kind.upper(),
+                labels=split_labels,
+                silhouette=result[N.metric(split, "silhouette", name)],
+                clusters_used=int(result[N.metric(split, N.CLUSTERS_USED, name)]),
+                nmi=nmi,
+            )
+        )
+    return panels
 
 
 def _node_id() -> str:
