@@ -9,6 +9,7 @@ import pytest
 
 from tune import names as N
 from tune import plots, report
+from tune.selection import hypervolume
 from tune.space import load_space
 
 DOC1, DOC2 = load_space("seeds").points  # the documents' full configurations
@@ -98,3 +99,31 @@ def test_pareto_plot_names_every_finished_trial_and_marks_each_architecture(tmp_
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["mlp (2)", "conv (3)", "Pareto front", f"winner {win['trial_id']}"]
     plt.close(fig)
+
+
+def test_roles_note_and_hypervolume_history(tmp_path):
+    """The winner/pareto/baseline roles, a note naming the winner against the baselines with
+    links, and a hypervolume per ended trial in the order they ended."""
+    timed = [
+        FakeResult(r.config, {**r.metrics, "timestamp": t, "experiment_tag": f"{t}_x"})
+        for r, t in zip(RESULTS, (5, 1, 4, 2, 3), strict=True)
+    ]
+    s = report.summarise(timed, tmp_path, points=POINTS, reference=(0.0, 0.04))
+    roles = dict(zip(s.trials["trial_id"], s.trials.apply(report.role, axis=1), strict=True))
+    assert roles == {"d1": "baseline", "d2": "baseline", "hi": "pareto", "knee": "pareto",
+                     "imp": "winner"}  # fmt: skip
+    assert list(s.trials["run_name"])[:2] == ["doc1-mlp (baseline)", "doc2-conv (baseline)"]
+    assert s.trials.loc[s.winner, "run_name"].startswith("03 conv")  # Tune's trial number
+    # ended in the order d2, knee, imp, hi, d1: the hypervolume after each of them
+    ok = [(0.26, 0.0112), (0.337, 0.0104), (0.324, 0.0073), (0.34, 0.0292), (0.14, 0.0078)]
+    expected = [hypervolume(ok[:i], (0.0, 0.04)) for i in range(1, 6)]
+    assert s.hypervolume == pytest.approx(expected)
+    assert (tmp_path / "hypervolume.png").exists() and tmp_path / "hypervolume.png" in s.files
+    run_ids = {t: f"run-{t}" for t in s.trials["trial_id"]}
+    text = report.note(s, "7", run_ids)
+    assert "## Winner: [03 conv" in text and "(#/experiments/7/runs/run-imp)" in text
+    assert "It beats doc1-mlp, doc2-conv in both objectives." in text
+    assert "[doc2-conv (baseline)](#/experiments/7/runs/run-d2)" in text
+    assert f"**{expected[-1]:.4f}**" in text
+    front_rows = text.split("### Pareto front")[1].count("\n| ") - 1  # minus the header
+    assert front_rows == len(s.front)

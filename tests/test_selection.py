@@ -201,3 +201,21 @@ def test_excluded_or_broken_baselines_are_ignored() -> None:
     assert select(df, exclude=exclude, baseline=DOCS)[1] == "K"
     with pytest.raises(ValueError, match="baseline: needs a True/False value"):
         select(df, baseline=DOCS.drop("doc1"))
+
+
+def test_hypervolume_of_a_two_point_front():
+    """The union of the boxes each point dominates, as a share of the reference box."""
+    from tune.selection import hypervolume
+
+    ref = (0.0, 0.04)
+    assert hypervolume([], ref) == 0.0
+    assert hypervolume([(0.5, 0.02)], ref) == pytest.approx(0.5 * 0.02 / 0.04)
+    both = 0.5 * 0.02 + 0.25 * 0.03 - 0.25 * 0.02  # two boxes minus their overlap
+    points = [(0.5, 0.02), (0.25, 0.01)]
+    assert hypervolume(points, ref) == pytest.approx(both / 0.04)
+    # a dominated point, one beyond the reference and NaNs add nothing
+    extra = [(0.1, 0.03), (0.9, 0.05), (-0.2, 0.001), (float("nan"), 0.01)]
+    assert hypervolume(points + extra, ref) == pytest.approx(both / 0.04)
+    assert hypervolume([(1.0, 0.0)], ref) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="reference"):
+        hypervolume(points, (0.0, 0.0))
