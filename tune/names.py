@@ -39,6 +39,17 @@ SILHOUETTE = "val/silhouette"
 RECON_LOSS = VAL_LOSS
 OBJECTIVES: dict[str, str] = {SILHOUETTE: "max", RECON_LOSS: "min"}
 
+# Intermediate values of both objectives at the rung epochs of `--scheduler mo-asha`
+# (tune/mo_asha.py), in the per-epoch result of a rung epoch (and in the final result when the
+# last epoch is a rung).
+# RUNG_SILHOUETTE is KMeans (the trial's n_clusters, seeded, few inits) on the latent codes of a
+# fixed, seeded subsample of the validation split, scored with the exact silhouette on that
+# subsample: a cheap proxy measured before fine-tuning's end and before any reduction, so it is
+# never compared with SILHOUETTE. RUNG_RECON_LOSS is VAL_LOSS at that epoch (the whole split).
+RUNG_SILHOUETTE = "rung/silhouette"
+RUNG_RECON_LOSS = "rung/recon_loss"
+RUNG_OBJECTIVES: dict[str, str] = {RUNG_SILHOUETTE: "max", RUNG_RECON_LOSS: "min"}
+
 # Which clusterer gave SILHOUETTE ("abo" or "kmeans"): the best validation silhouette among the
 # clusterers that use all n_clusters clusters on train; only if none does, among the others (a
 # partly collapsed clustering inflates its silhouette and must not win over a full one).

@@ -166,18 +166,26 @@ def result_metrics(result: Mapping[str, Any]) -> list[Metric]:
 
 def epoch_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The per-epoch points a Tune result carries: its N.EPOCH_LOG entries, or else the result
-    itself unless it is the final one."""
+    itself unless it is the final one. The rung values of a per-epoch result (a rung epoch is
+    always the reported one) go with its own epoch; a final result's are logged with it."""
     log = result.get(N.EPOCH_LOG)
     if isinstance(log, list):
         stamp = {"timestamp": result["timestamp"]} if "timestamp" in result else {}
+        rung = {} if N.is_final(result) else _rung_values(result)
         rows = []
         for e, t, v, *cluster in log:  # a fine-tuning epoch also carries its clustering loss
             row = {N.EPOCH: int(e), N.TRAIN_LOSS: _float(t), N.VAL_LOSS: _float(v), **stamp}
             if cluster:
                 row[N.CLUSTER_LOSS] = _float(cluster[0])
+            if int(e) == result.get(N.EPOCH):
+                row.update(rung)
             rows.append(row)
         return rows
     return [] if N.is_final(result) else [dict(result)]
+
+
+def _rung_values(result: Mapping[str, Any]) -> dict[str, float]:
+    return {k: _float(result[k]) for k in N.RUNG_OBJECTIVES if k in result}
 
 
 def _float(value: Any) -> float:
