@@ -67,6 +67,9 @@ STAGES = ("pretrain", "finetune", "embed", "reduction", "abo", "kmeans", "metric
 # With finetune abo, ABO's centres were trained in the latent space and it clusters there.
 CLUSTER_DIM = "cluster_dim"
 NODE = "node"  # hostname of the machine that ran the trial
+# Tag of a trial the scheduler stopped: the epoch of the last result it reported (its STATUS tag is
+# Status.STOPPED).
+STOPPED_AT_EPOCH = "stopped_at_epoch"
 
 
 def metric(split: str, name: str, clusterer: str | None = None) -> str:
@@ -90,6 +93,9 @@ class Status:
     # table (tune.report) that or a trial without a final result.
     ERROR = "error"
     INCOMPLETE = "incomplete"
+    # Never in a result either: the MLflow tag of a trial the scheduler stopped early (in the
+    # trials table it is INCOMPLETE: it has no final result).
+    STOPPED = "stopped"
 
 
 def is_final(result: Mapping[str, Any]) -> bool:

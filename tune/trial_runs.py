@@ -48,7 +48,10 @@ class TrialRuns:
             run_id = found[0].info.run_id
             history = self.client.get_metric_history(run_id, N.TRAIN_LOSS)
             self.epochs_logged[run_id] = {(m.step, m.value) for m in history}
-            if N.is_final(found[0].data.tags):  # its final result is logged
+            tags = found[0].data.tags
+            # its final result is logged (a run the scheduler stopped has none: a trial restarted
+            # after a resume may still report one)
+            if N.is_final(tags) and tags[N.STATUS] != N.Status.STOPPED:
                 self.final_logged.add(run_id)
             logged = found[0].data.params
         else:
