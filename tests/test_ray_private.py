@@ -153,3 +153,30 @@ def test_a_real_experiment_is_read_and_its_restored_callbacks_replaced(tmp_path)
     finally:
         if started:
             ray.shutdown()
+
+
+def test_a_restored_tuner_runs_the_scheduler_its_callbacks_hold(tmp_path):
+    """--scheduler mo-asha's records come back through a callback's state: the restored Tuner's
+    scheduler must be the object that callback holds (no Ray needed: tuner.pkl is written when
+    the Tuner is built)."""
+    from ray.tune.callback import CallbackList
+
+    from tune.mo_asha import MOASHAScheduler, SchedulerState
+
+    scheduler = MOASHAScheduler()
+    tune.Tuner(
+        make_trainable(),
+        tune_config=tune.TuneConfig(scheduler=scheduler),
+        run_config=tune.RunConfig(
+            name="exp", storage_path=str(tmp_path), callbacks=[SchedulerState(scheduler)]
+        ),
+    )
+    restored = tune.Tuner.restore(str(tmp_path / "exp"), trainable=make_trainable())
+    with relied_on("the scheduler and callbacks of a restored Tuner (one pickle, tuner.pkl)"):
+        state = next(c for c in ray_private.callbacks(restored) if isinstance(c, SchedulerState))
+        assert ray_private.scheduler(restored) is state.scheduler
+    with relied_on(f"the callbacks' saved states ({ray_private.CALLBACK_STATES})"):
+        assert CallbackList.CKPT_FILE_TMPL.format("*") == ray_private.CALLBACK_STATES
+        scheduler.recorded[1] = {"t1": (0.5, 0.1)}
+        CallbackList([SchedulerState(scheduler)]).save_to_dir(str(tmp_path), "2000-01-01_00")
+        assert ray_private.saved_callback_states(tmp_path)[0]["recorded"] == scheduler.recorded

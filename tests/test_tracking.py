@@ -177,3 +177,34 @@ def test_a_run_left_without_params_gets_them_on_resume(store):
     assert run_id == bare
     assert client.get_run(run_id).data.params == {k: str(v) for k, v in trial.config.items()}
     assert_complete(uri, run_id)
+
+
+def test_a_trial_stopped_at_a_rung_keeps_its_rung_values_and_says_so(store):
+    """--scheduler mo-asha: a rung epoch's report carries the epochs since the previous report
+    and the rung values; they reach MLflow at step = that epoch, once. A trial the scheduler
+    stops completes with that result as its last: its run is tagged stopped at that epoch."""
+    uri, exp, parent = store
+    logger = MLflowTrialLogger(uri, exp, parent)
+    trial = FakeTrial("t4")
+    logger.on_trial_start(0, [], trial)
+    rungs = {1: (0.3, 2.0), 3: (0.2, 2.0 / 3)}
+    for epoch in (1, 3):  # epochs 2 and 3 in one report: the one at rung 3 carries epoch 2 too
+        log = [[e, 1.0 / e, 2.0 / e] for e in range(2 if epoch == 3 else 1, epoch + 1)]
+        result = {**epoch_result(epoch), N.EPOCH_LOG: log}
+        result.update(zip(N.RUNG_OBJECTIVES, rungs[epoch], strict=True))
+        logger.on_trial_result(0, [], trial, result)
+        logger.on_trial_result(0, [], trial, result)  # the same point again: logged once
+    trial.last_result = result
+    logger.on_trial_complete(0, [], trial)
+    assert logger.close(timeout_s=60)
+
+    client = MlflowClient(uri)
+    run = client.get_run(logger.run_ids[trial.trial_id])
+    for i, key in enumerate(N.RUNG_OBJECTIVES):
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        assert history == [(e, v[i]) for e, v in rungs.items()]
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, N.TRAIN_LOSS))
+    assert steps == [1, 2, 3]
+    assert run.data.tags[N.STATUS] == N.Status.STOPPED and run.data.tags[N.STOPPED_AT_EPOCH] == "3"
+    assert run.info.status == "FINISHED"
+    assert N.SILHOUETTE not in run.data.metrics

@@ -149,6 +149,8 @@ class ProgressPrinter(tune.Callback):
         self.done_here += 1
         done = self.done_here if done is None else done
         status = result.get(N.STATUS, N.Status.INCOMPLETE)
+        if not N.is_final(result) and result.get(N.EPOCH):  # stopped by the scheduler or budget
+            status = f"{N.Status.STOPPED} at epoch {int(result[N.EPOCH])}"
         sil = float(result.get(N.SILHOUETTE, math.nan))
         loss = float(result.get(N.RECON_LOSS, math.nan))
         note = ""

@@ -42,6 +42,17 @@ SILHOUETTE = "val/silhouette"
 RECON_LOSS = VAL_LOSS
 OBJECTIVES: dict[str, str] = {SILHOUETTE: "max", RECON_LOSS: "min"}
 
+# Intermediate values of both objectives at the rung epochs of `--scheduler mo-asha`
+# (tune/mo_asha.py), in the per-epoch result of a rung epoch (and in the final result when the
+# last epoch is a rung).
+# RUNG_SILHOUETTE is KMeans (the trial's n_clusters, seeded, few inits) on the latent codes of a
+# fixed, seeded subsample of the validation split, scored with the exact silhouette on that
+# subsample: a cheap proxy measured before fine-tuning's end and before any reduction, so it is
+# never compared with SILHOUETTE. RUNG_RECON_LOSS is VAL_LOSS at that epoch (the whole split).
+RUNG_SILHOUETTE = "rung/silhouette"
+RUNG_RECON_LOSS = "rung/recon_loss"
+RUNG_OBJECTIVES: dict[str, str] = {RUNG_SILHOUETTE: "max", RUNG_RECON_LOSS: "min"}
+
 # Which clusterer gave SILHOUETTE ("abo" or "kmeans"): the best validation silhouette among the
 # clusterers that use all n_clusters clusters on train; only if none does, among the others (a
 # partly collapsed clustering inflates its silhouette and must not win over a full one).
@@ -66,6 +77,9 @@ PARETO = "pareto"
 # Parent metric after each finished trial (step = trials finished): the hypervolume of the front so
 # far, normalised by its reference box (tune/selection.py `hypervolume`).
 HYPERVOLUME = "search/hypervolume"
+# Tag of a trial the scheduler stopped: the epoch of the last result it reported (its STATUS tag is
+# Status.STOPPED).
+STOPPED_AT_EPOCH = "stopped_at_epoch"
 
 
 def metric(split: str, name: str, clusterer: str | None = None) -> str:
@@ -95,6 +109,9 @@ class Status:
     # table (tune.report) that or a trial without a final result.
     ERROR = "error"
     INCOMPLETE = "incomplete"
+    # Never in a result either: the MLflow tag of a trial the scheduler stopped early (in the
+    # trials table it is INCOMPLETE: it has no final result).
+    STOPPED = "stopped"
 
 
 def is_final(result: Mapping[str, Any]) -> bool:

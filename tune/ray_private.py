@@ -16,6 +16,12 @@ something it relies on is gone. Each use is here because Ray has no public API f
 - `saved_optuna_study`: the Optuna study OptunaSearch pickles (its `__dict__`, key `_ot_study`)
   into searcher-state-<session>.pkl (Searcher.CKPT_FILE_TMPL); the fault tests check what Optuna
   was told.
+- `saved_callback_states`, `scheduler`: what `--scheduler mo-asha` relies on to resume (tests
+  only): the callbacks' states Tune saves with each experiment checkpoint
+  (callback-states-<session>.pkl, CallbackList.CKPT_FILE_TMPL: a cloudpickled dict of callback
+  index -> state), and the scheduler a Tuner runs with (`Tuner._local_tuner._tune_config`), which
+  for a restored Tuner must be the very object its restored callbacks hold (tuner.pkl pickles
+  the TuneConfig and the RunConfig together).
 - `dashboard_dependency_error`, `validate_cluster_config`: whether Ray's dashboard can run here,
   and the validator `ray up` applies to a cluster file (tests only).
 
@@ -37,6 +43,7 @@ RAY_VERSION = "2.60.0"  # the release this module was read from
 EXPERIMENT_STATE = "experiment_state-*.json"
 SEARCH_GEN_STATE = "search_gen_state-*.json"
 SEARCHER_STATE = "searcher-state-*.pkl"
+CALLBACK_STATES = "callback-states-*.pkl"
 # A trial's status in the experiment state once it finished without error (Trial.TERMINATED).
 TERMINATED = "TERMINATED"
 
@@ -82,6 +89,21 @@ def saved_optuna_study(experiment_dir: Path):
         raise FileNotFoundError(f"no {SEARCHER_STATE} in {experiment_dir}")
     with state.open("rb") as f:
         return pickle.load(f)["_ot_study"]
+
+
+def saved_callback_states(experiment_dir: Path) -> dict[int, Any]:
+    """Callback index -> the state it returned at the experiment checkpoint Tune saved last ({}
+    when no callback had a state)."""
+    state = _newest(experiment_dir, CALLBACK_STATES)
+    if state is None:
+        return {}
+    with state.open("rb") as f:
+        return pickle.load(f)
+
+
+def scheduler(tuner):
+    """The trial scheduler the Tuner will run with (for a restored one: the one pickled with it)."""
+    return tuner._local_tuner._tune_config.scheduler
 
 
 def dashboard_dependency_error() -> ImportError | None:

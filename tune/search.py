@@ -147,9 +147,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial")
     p.add_argument(
         "--scheduler",
-        choices=("fifo", "asha"),
+        choices=("fifo", "asha", "mo-asha"),
         default="fifo",
-        help="asha stops trials early on validation reconstruction loss",
+        help="asha stops trials early on validation reconstruction loss; mo-asha on both "
+        "objectives, ranked at epochs 1, 3, 9, ... (the space's points are never stopped)",
     )
     p.add_argument(
         "--weights",
@@ -259,6 +260,7 @@ def check_args(args: argparse.Namespace) -> Settings:
 # restores its own state, not our data set, space, seed or winner weights).
 SETTINGS_FILE = "clustertune.json"
 RESUMED_SETTINGS = (
+    "scheduler",  # Tune restores its scheduler; the trainable must report what that one reads
     "space",
     "dataset",
     "data_dir",
@@ -577,6 +579,7 @@ def make_tuner(s: Settings, dataset, logger):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tune.console import ProgressPrinter
+    from tune.mo_asha import MOASHAScheduler, SchedulerState, rung_epochs
     from tune.searcher import make_searcher
     from tune.tracking import MLflowTrialLogger
     from tune.trial import trainable
@@ -585,15 +588,9 @@ def make_tuner(s: Settings, dataset, logger):
         ray.init(address=s.address, include_dashboard=False, log_to_driver=True)
     resources = {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial}
     progress = ProgressPrinter(s.num_samples)
-    fn = tune.with_resources(tune.with_parameters(trainable, data=dataset), resources)
-    run_config = tune.RunConfig(
-        name=s.name,
-        storage_path=s.storage,
-        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), logger, progress],
-        failure_config=tune.FailureConfig(max_failures=s.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        verbose=1,
-    )
+    # Only mo-asha reads rung values: other searches do not pay for measuring them.
+    rungs = rung_epochs() if s.scheduler == "mo-asha" else ()
+    fn = tune.with_resources(tune.with_parameters(trainable, data=dataset, rungs=rungs), resources)
     if s.resume:
         tuner = tune.Tuner.restore(s.experiment_dir, trainable=fn, resume_errored=True)
         # Restore brings back the run config pickled with the experiment, callbacks included: a
@@ -605,10 +602,24 @@ def make_tuner(s: Settings, dataset, logger):
         ray_private.set_callbacks(tuner, [*others, logger, progress])
     else:
         searcher = make_searcher(s.space, s.seed)
-        scheduler = (
-            ASHAScheduler(metric=N.VAL_LOSS, mode="min", time_attr=N.EPOCH, grace_period=1)
-            if s.scheduler == "asha"
-            else FIFOScheduler()
+        callbacks = [CSVLoggerCallback(), JsonLoggerCallback(), logger, progress]
+        if s.scheduler == "mo-asha":
+            scheduler = MOASHAScheduler(points=s.space.points)
+            # first: on resume the restored callbacks keep their order, the logger is swapped
+            callbacks.insert(0, SchedulerState(scheduler))
+        elif s.scheduler == "asha":
+            scheduler = ASHAScheduler(
+                metric=N.VAL_LOSS, mode="min", time_attr=N.EPOCH, grace_period=1
+            )
+        else:
+            scheduler = FIFOScheduler()
+        run_config = tune.RunConfig(
+            name=s.name,
+            storage_path=s.storage,
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            verbose=1,
         )
         tuner = tune.Tuner(
             fn,

@@ -66,14 +66,14 @@ def pareto_front(df: pd.DataFrame, objectives: Mapping[str, str] = OBJECTIVES) -
     costs = _costs(df, objectives)
     finite = np.isfinite(costs).all(axis=1)
     costs = costs[finite]
-    dominated = _dominates(costs, costs).any(axis=0)
+    dominated = dominates(costs, costs).any(axis=0)
     keep = np.flatnonzero(finite)[~dominated]
     return df.iloc[keep]
 
 
-def _dominates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[len(a), len(b)]: a[i] is <= b[j] in every cost and < in one. O(n m k), fine for the few
-    thousand trials a search produces."""
+def dominates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[len(a), len(b)]: a[i] is <= b[j] in every cost and < in one (costs: lower is better in
+    every column). O(n m k), fine for the few thousand trials a search produces."""
     no_worse = (a[:, None, :] <= b[None, :, :]).all(axis=2)
     better = (a[:, None, :] < b[None, :, :]).any(axis=2)
     return no_worse & better
@@ -89,7 +89,7 @@ def beats_all(
     base = base[np.isfinite(base).all(axis=1)]
     if not len(base):
         return pd.Series(False, index=df.index)
-    return pd.Series(_dominates(costs, base).all(axis=1), index=df.index)
+    return pd.Series(dominates(costs, base).all(axis=1), index=df.index)
 
 
 def choose_winner(

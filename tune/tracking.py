@@ -210,17 +210,23 @@ class MLflowTrialLogger(Callback):
     def _finish(self, t: TrialInfo, status: str) -> None:
         errored = status == "FAILED"
         has_file = errored and t.error_file and os.path.exists(t.error_file)
+        # Tune calls the hook before it marks the trial: its status still says RUNNING
+        tags = {
+            "ray.trial_status": "ERROR" if errored else "TERMINATED",
+            "ray.num_failures": str(t.num_failures),
+        }
+        if not errored and not N.is_final(t.last_result):
+            # Tune completes a running trial before its final report only on a scheduler's STOP
+            # (the end of a time budget stops trials without this hook).
+            tags[N.STATUS] = N.Status.STOPPED
+            tags[N.STOPPED_AT_EPOCH] = str(int(t.last_result.get(N.EPOCH, 0)))
         self.runs.end_run(
             self._run_of(t),
             t.checkpoint,
             errored,
             Path(t.error_file).read_text() if has_file else None,
             t.last_result,
-            # Tune calls the hook before it marks the trial: its status still says RUNNING
-            {
-                "ray.trial_status": "ERROR" if errored else "TERMINATED",
-                "ray.num_failures": str(t.num_failures),
-            },  # fmt: skip
+            tags,
         )
 
     # -- Tune hooks (the driver's event loop: queue and return) -----------------------------

@@ -15,7 +15,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from tune.data import Dataset
 from tune.finetune import finetune, initial_centers
 from tune.metrics import CLUSTER_SCORE_KEYS, cluster_scores, label_scores, silhouette_scores
 from tune.reduction import apply_reduction, fit_reduction
+from tune.rungs import with_rung_values
 from tune.training import (
     DivergedError,
     embed,
@@ -50,7 +51,7 @@ CHECKPOINT_INTERVAL_S = float(os.environ.get("CLUSTERTUNE_CHECKPOINT_INTERVAL_S"
 # Each tune.report costs the trial time in its actor and the driver more (results, loggers,
 # searcher), which short epochs cannot afford. Epochs are therefore reported at most this often,
 # each report carrying the epochs since the last one (names.EPOCH_LOG), so Tune, ASHA and MLflow
-# still see every epoch.
+# still see every epoch; a rung epoch of `--scheduler mo-asha` is reported at once.
 REPORT_INTERVAL_S = float(os.environ.get("CLUSTERTUNE_REPORT_INTERVAL_S", "1"))
 # Test-only, for event-driven fault tests (tests/conftest.py's Hold): "DIR:EPOCH" makes a trial
 # that reaches EPOCH (not its last) report it with a checkpoint, then wait while DIR/hold exists
@@ -115,6 +116,7 @@ def run_trial(
     out_dir: str | Path | None = None,
     on_epoch: Callable[[dict[str, float], Callable[[], dict]], None] | None = None,
     resume: dict[str, Any] | None = None,
+    rungs: Collection[int] = (),
 ) -> dict[str, Any]:
     """Run the whole pipeline for one config (typed, or flat and checked here); returns the flat
     result (names from tune.names).
@@ -123,7 +125,8 @@ def run_trial(
     (tune/finetune.py); embed every split; optionally reduce the codes (PCA or UMAP,
     tune/reduction.py); fit ABO_clusterer and KMeans on train and predict val/test; score. Each
     stage's wall time is in the result (time/<stage>_s). `resume` is a state handed to `on_epoch`
-    (either stage's): the trial continues from it exactly.
+    (either stage's): the trial continues from it exactly. At the epochs in `rungs` (either
+    stage's), the record handed to `on_epoch` also carries the rung values (tune/rungs.py).
 
     With `out_dir`, also writes the model, the clusterers' centres, the reduction, the config, the
     result and the PNG artifacts there. A NaN/inf training loss stops training at once and gives a
@@ -146,6 +149,10 @@ def run_trial(
     }
     y = {"train": dataset.y_train, "val": dataset.y_val, "test": dataset.y_test}
     x_val = x["val"] if len(x["val"]) else None
+    if rungs and on_epoch is not None:  # measured on the split the objectives come from
+        split = x["val"] if x_val is not None else x["train"]
+        n_clusters = cfg.clustering.n_clusters
+        on_epoch = with_rung_values(on_epoch, frozenset(rungs), model, split, n_clusters, seed)
     result: dict[str, Any] = {
         N.NODE: _node_id(),
         "hostname": socket.gethostname(),
@@ -443,8 +450,12 @@ def _wait_while_held(marker: Path) -> None:
         time.sleep(0.05)
 
 
-def trainable(config: dict[str, Any], data: Dataset) -> None:
-    """Ray Tune function trainable: `tune.with_parameters(trainable, data=dataset)`."""
+def trainable(config: dict[str, Any], data: Dataset, rungs: Collection[int] = ()) -> None:
+    """Ray Tune function trainable: `tune.with_parameters(trainable, data=dataset)`.
+
+    `rungs`: the epochs at which the scheduler decides (`--scheduler mo-asha`); each is reported
+    at once, with its rung values (names.RUNG_OBJECTIVES), whatever the report interval.
+    """
     from ray import tune
 
     resume = None
@@ -464,17 +475,21 @@ def trainable(config: dict[str, Any], data: Dataset) -> None:
     last_checkpoint = last_report = time.monotonic()
     # [epoch, train loss, val loss(, cluster loss)] not yet handed to Tune (names.EPOCH_LOG)
     unreported: list[list[float]] = []
+    final_rung: dict[str, float] = {}  # the rung values of the last epoch, if it is a rung
 
     def on_epoch(record: dict[str, float], state: Callable[[], dict]) -> None:
         nonlocal last_checkpoint, last_report
         entry = [record["epoch"], record["train_loss"], record["val_loss"]]
         unreported.append(entry + ([record["cluster_loss"]] if "cluster_loss" in record else []))
+        rung = {k: record[k] for k in N.RUNG_OBJECTIVES if k in record}
         if record["epoch"] >= last_epoch:
+            final_rung.update(rung)
             return  # the final report right after carries it, and a checkpoint
         now = time.monotonic()
         hold = _hold_file(record["epoch"])
         checkpoint_due = hold is not None or now - last_checkpoint >= CHECKPOINT_INTERVAL_S
-        if not checkpoint_due and now - last_report < REPORT_INTERVAL_S:
+        # A rung epoch is always reported: the scheduler decides on that epoch's values.
+        if not checkpoint_due and not rung and now - last_report < REPORT_INTERVAL_S:
             return
         metrics = {
             N.EPOCH: record["epoch"],
@@ -484,6 +499,7 @@ def trainable(config: dict[str, Any], data: Dataset) -> None:
         }
         if "cluster_loss" in record:
             metrics[N.CLUSTER_LOSS] = record["cluster_loss"]
+        metrics.update(rung)
         unreported.clear()
         last_report = now
         if checkpoint_due:
@@ -498,12 +514,18 @@ def trainable(config: dict[str, Any], data: Dataset) -> None:
 
     with tempfile.TemporaryDirectory() as out:
         result = run_trial(
-            cfg, data, device=pick_device(gpu), out_dir=out, on_epoch=on_epoch, resume=resume
+            cfg,
+            data,
+            device=pick_device(gpu),
+            out_dir=out,
+            on_epoch=on_epoch,
+            resume=resume,
+            rungs=rungs,
         )
         if result[N.STATUS] == N.Status.DIVERGED:
             (Path(out) / RESULT_FILE).write_text(json.dumps(result, indent=1))
         tune.report(
             # result[N.EPOCH]: the last epoch run (a diverged trial: the one it stopped at)
-            {**result, N.EPOCH_LOG: unreported},
+            {**result, **final_rung, N.EPOCH_LOG: unreported},
             checkpoint=tune.Checkpoint.from_directory(out),
         )

@@ -61,7 +61,10 @@ class TrialRuns:
             run_id = found[0].info.run_id
             history = self.client.get_metric_history(run_id, N.TRAIN_LOSS)
             self.epochs_logged[run_id] = {(m.step, m.value) for m in history}
-            if N.is_final(found[0].data.tags):  # its final result is logged
+            tags = found[0].data.tags
+            # its final result is logged (a run the scheduler stopped has none: a trial restarted
+            # after a resume may still report one)
+            if N.is_final(tags) and tags[N.STATUS] != N.Status.STOPPED:
                 self.final_logged.add(run_id)
             logged = found[0].data.params
         else:
@@ -197,15 +200,19 @@ def result_metrics(result: Mapping[str, Any]) -> list[Metric]:
 
 def epoch_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The per-epoch points a Tune result carries: its N.EPOCH_LOG entries, or else the result
-    itself unless it is the final one."""
+    itself unless it is the final one. The rung values of a per-epoch result (a rung epoch is
+    always the reported one) go with its own epoch; a final result's are logged with it."""
     log = result.get(N.EPOCH_LOG)
     if isinstance(log, list):
         stamp = {"timestamp": result["timestamp"]} if "timestamp" in result else {}
+        rung = {} if N.is_final(result) else _rung_values(result)
         rows = []
         for e, t, v, *cluster in log:  # a fine-tuning epoch also carries its clustering loss
             row = {N.EPOCH: int(e), N.TRAIN_LOSS: _float(t), N.VAL_LOSS: _float(v), **stamp}
             if cluster:
                 row[N.CLUSTER_LOSS] = _float(cluster[0])
+            if int(e) == result.get(N.EPOCH):
+                row.update(rung)
             rows.append(row)
         return rows
     if N.is_final(result) or not math.isfinite(_float(result.get(N.TRAIN_LOSS))):
@@ -213,6 +220,10 @@ def epoch_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         # result's), without a training loss: not an epoch's point
         return []
     return [dict(result)]
+
+
+def _rung_values(result: Mapping[str, Any]) -> dict[str, float]:
+    return {k: _float(result[k]) for k in N.RUNG_OBJECTIVES if k in result}
 
 
 def _float(value: Any) -> float:
