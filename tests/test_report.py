@@ -121,9 +121,14 @@ def test_roles_note_and_hypervolume_history(tmp_path):
     assert (tmp_path / "hypervolume.png").exists() and tmp_path / "hypervolume.png" in s.files
     run_ids = {t: f"run-{t}" for t in s.trials["trial_id"]}
     text = report.note(s, "7", run_ids)
-    assert "## Winner: [03 conv" in text and "(#/experiments/7/runs/run-imp)" in text
+    assert (
+        "## Winner: [03 conv" in text
+        and "(#/experiments/7/runs/run-imp?workflowType=machine_learning)" in text
+    )
     assert "It beats doc1-mlp, doc2-conv in both objectives." in text
-    assert "[doc2-conv (baseline)](#/experiments/7/runs/run-d2)" in text
+    assert (
+        "[doc2-conv (baseline)](#/experiments/7/runs/run-d2?workflowType=machine_learning)" in text
+    )
     assert f"**{expected[-1]:.4f}**" in text
     front_rows = text.split("### Pareto front")[1].count("\n| ") - 1  # minus the header
     assert front_rows == len(s.front)

@@ -369,7 +369,7 @@ def test_the_parent_run_tells_the_story(smoke_search):
     assert tags["winner_run_id"] == winner.info.run_id
     note = tags["mlflow.note.content"]
     exp = parent.info.experiment_id
-    assert f"(#/experiments/{exp}/runs/{winner.info.run_id})" in note
+    assert f"(#/experiments/{exp}/runs/{winner.info.run_id}?workflowType=machine_learning)" in note
     assert "### Pareto front" in note and note.count("★") >= 1
     front = [k for k in kids if k.data.tags[N.PARETO] == "true"]
     assert all(k.info.run_name.removeprefix("★ winner ") in note for k in front)

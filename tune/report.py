@@ -232,7 +232,7 @@ def note(summary: Summary, experiment_id: str | None, run_ids: dict[str, str]) -
         run_id = run_ids.get(str(row["trial_id"]))
         if run_id is None or experiment_id is None:
             return name
-        return f"[{name}](#/experiments/{experiment_id}/runs/{run_id})"
+        return f"[{name}](#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW})"
 
     def table(rows: pd.DataFrame) -> list[str]:
         lines = [
@@ -369,7 +369,11 @@ def ui_link(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str:
 
 
 def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
+
+
+# MLflow 3's UI shows an experiment's pages in its GenAI layout unless told otherwise.
+ML_VIEW = "workflowType=machine_learning"
 
 
 def _metric(key: str, value: float) -> Metric:
