@@ -31,8 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 SEARCH = [sys.executable, str(REPO / "tune" / "search.py")]
 
 
-def run_search(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`python tune/search.py ARGS` to the end, output captured."""
+def run_search(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
+    """`python tune/search.py ARGS` to the end, output captured. The timeout only catches a hang:
+    on a machine busy with other work a smoke search can take ten minutes."""
     return subprocess.run(
         [*SEARCH, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
     )

@@ -175,9 +175,10 @@ def numeric_items(result: Mapping[str, Any]) -> dict[str, float]:
     """Our numeric entries of a Tune result: the "<split>/..." metrics and the model's size.
 
     Tune's own bookkeeping has no "/" in its keys; flattened config entries ("config/lr", in
-    progress.csv rows) are params, not metrics. The 0/1 flags (degenerate, diverged, a
-    clusterer's degenerate) are nearly always 0: the `status` and `degenerate_clusterers` tags
-    say the same without a constant chart in every run.
+    progress.csv rows) are params, not metrics. The 0/1 flags (degenerate, diverged, partial
+    clustering, a clusterer's degenerate) are nearly always 0: the `status`,
+    `degenerate_clusterers` and `partial_clustering` tags say the same without a constant chart
+    in every run.
     """
     return {
         k: float(v)
@@ -250,6 +251,8 @@ def result_tags(result: Mapping[str, Any]) -> list[RunTag]:
     ]
     if collapsed:
         values[N.DEGENERATE_CLUSTERERS] = ",".join(collapsed)
+    if result.get(N.PARTIAL) == 1.0:  # the objective's clustering leaves clusters unused
+        values[N.PARTIAL] = "true"
     return [RunTag(k, v[:5000]) for k, v in values.items()]
 
 
