@@ -82,6 +82,17 @@ def test_callbacks_of_a_tuner_are_read_and_replaced(tmp_path):
         assert ray_private.callbacks(tuner) == [second]
 
 
+def test_the_search_algorithm_of_a_tuner_is_read(tmp_path):
+    searcher = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)})
+    tuner = tune.Tuner(
+        make_trainable(),
+        tune_config=tune.TuneConfig(search_alg=searcher, metric="y", mode="max"),
+        run_config=tune.RunConfig(storage_path=str(tmp_path)),
+    )
+    with relied_on("Tuner._local_tuner._tune_config.search_alg"):
+        assert ray_private.searcher(tuner) is searcher
+
+
 def test_the_searcher_states_are_read_back(tmp_path):
     """SearchGenerator and OptunaSearch write their states as during a search (no Ray needed)."""
     from ray.tune.search import SearchGenerator
@@ -144,6 +155,8 @@ def test_a_real_experiment_is_read_and_its_restored_callbacks_replaced(tmp_path)
         assert tune_finished(str(experiment))
 
         restored = tune.Tuner.restore(str(experiment), trainable=trainable)
+        with relied_on("the search algorithm of a restored Tuner (pickled with the experiment)"):
+            assert isinstance(ray_private.searcher(restored), OptunaSearch)
         with relied_on("the callbacks of a restored Tuner (pickled with the experiment)"):
             names = [type(c).__name__ for c in ray_private.callbacks(restored)]
             assert Marker.__name__ in names, names

@@ -8,6 +8,8 @@ something it relies on is gone. Each use is here because Ray has no public API f
   experiment, callbacks included, and takes no new ones; `--resume` has to swap the MLflow logger
   bound to the first start's tracking URI and parent run. Read and written through
   `Tuner._local_tuner.get_run_config()`, which returns the RunConfig the Tuner will run with.
+- `searcher`: the same for the search algorithm of a restored Tuner: `--resume` tells it where
+  the Optuna journal is now (the experiment may have moved). `Tuner._local_tuner._tune_config`.
 - `saved_trial_statuses`, `searcher_created_all`: whether a resumed search has anything left to
   run, without starting Ray. Tune's own state files in the experiment directory:
   experiment_state-<session>.json (TuneController.CKPT_FILE_TMPL; "trial_data" holds
@@ -49,6 +51,11 @@ def callbacks(tuner) -> list:
 def set_callbacks(tuner, new: list) -> None:
     """Make `new` the Tuner's callbacks (get_run_config returns the RunConfig itself)."""
     tuner._local_tuner.get_run_config().callbacks = list(new)
+
+
+def searcher(tuner):
+    """The search algorithm the Tuner will run with (for a restored one: the one pickled with it)."""
+    return tuner._local_tuner._tune_config.search_alg
 
 
 def _newest(experiment_dir: Path, pattern: str) -> Path | None:

@@ -32,6 +32,7 @@ import math  # noqa: E402
 import shlex  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import urllib.parse  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
@@ -389,9 +390,33 @@ def _check_experiment_dir(s: Settings) -> str | None:
 
     if s.resume and not tune.Tuner.can_restore(s.experiment_dir):
         return f"--resume: no Tune experiment to resume at {s.experiment_dir}"
+    if s.resume and _moved_with_trials_to_create(s):
+        return (
+            f"--resume: {s.experiment_dir} was started at {_first_location(s)} and has trials "
+            "left to create, which Ray would put there: move it back and resume it there"
+        )
     if not s.resume and _exists(s.experiment_dir):
         return f"--name {s.name}: {s.experiment_dir} exists; pass --resume or another --name"
     return None
+
+
+def _first_location(s: Settings) -> str | None:
+    text = _read_text(f"{s.experiment_dir}/{SETTINGS_FILE}")
+    return json.loads(text).get("experiment_dir") if text else None
+
+
+def _moved_with_trials_to_create(s: Settings) -> bool:
+    """Whether the experiment moved since its first start while its searcher has trials left to
+    create: Ray 2.60 restores the trials it has at the new place, but creates new ones from the
+    experiment spec pickled in its search generator state, under the first start's path. Only
+    known for a local experiment directory."""
+    first = _first_location(s)
+    if first is None or first == s.experiment_dir or "://" in s.experiment_dir:
+        return False
+    try:
+        return not ray_private.searcher_created_all(Path(s.experiment_dir))
+    except Exception:  # noqa: BLE001 - an unknown format: let Tune try
+        return False
 
 
 @dataclass(frozen=True)
@@ -447,13 +472,20 @@ def run_tuner(s: Settings, dataset, logger: MLflowTrialLogger):
     if s.resume and tune_finished(s.experiment_dir):
         print(f"{s.experiment_dir}: every trial finished; logging what MLflow misses", flush=True)
         return tune.ResultGrid(tune.ExperimentAnalysis(str(s.experiment_dir)))
+    journal = journal_location(s)
     if not s.resume:
         saved = {key: getattr(s, key) for key in RESUMED_SETTINGS}
         # the space's file and the data set as resolved ("auto" -> a name, a directory: absolute)
         data = dataset.name if dataset.name in DATASETS else dataset.source
         saved.update(space=str(Path(s.space.path).resolve()), dataset=data)
+        saved.update(experiment_dir=s.experiment_dir)  # where it started: --resume compares
         _write_text(f"{s.experiment_dir}/{SETTINGS_FILE}", json.dumps(saved, indent=1))
-    return make_tuner(s, dataset, logger).fit()
+        journal.unlink(missing_ok=True)  # outside the experiment (remote storage): a stale one
+    where = (
+        "" if _is_local(s.experiment_dir) else " (kept on this machine: --storage-path is remote)"
+    )
+    print(f"Optuna study {s.name}: {journal}{where}", flush=True)
+    return make_tuner(s, dataset, logger, journal).fit()
 
 
 def sync_trials(logger: MLflowTrialLogger, results) -> bool:
@@ -503,14 +535,36 @@ def recovery_hint(s: Settings) -> str:
     )
 
 
-def make_tuner(s: Settings, dataset, logger):
-    """Start Ray (or join --address) and build the Tuner: a new one, or the restored --name."""
+# The Optuna study's journal (optuna-dashboard FILE), in the experiment directory when that is on
+# this machine's filesystem.
+JOURNAL_FILE = "optuna.journal"
+
+
+def _is_local(location: str) -> bool:
+    return "://" not in location or location.startswith("file://")
+
+
+def journal_location(s: Settings) -> Path:
+    """Where the search's Optuna study is journaled. With remote storage (s3://, gs://) the
+    journal stays on this machine, under the default storage path; Tune's pickle of the searcher
+    carries it anyway, so a resume elsewhere rebuilds it (tune/searcher.py)."""
+    if "://" not in s.experiment_dir:
+        return Path(s.experiment_dir) / JOURNAL_FILE
+    if s.experiment_dir.startswith("file://"):
+        path = urllib.parse.urlparse(s.experiment_dir).path
+        return Path(urllib.parse.unquote(path)) / JOURNAL_FILE
+    return DEFAULT_STORAGE / "optuna-journals" / f"{s.name}.journal"
+
+
+def make_tuner(s: Settings, dataset, logger, journal: Path):
+    """Start Ray (or join --address) and build the Tuner: a new one, or the restored --name; its
+    Optuna study is journaled at `journal`."""
     import ray
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from tune.searcher import make_searcher
+    from tune.searcher import ClusterSearch, make_searcher
     from tune.tracking import MLflowTrialLogger
     from tune.trial import trainable
 
@@ -533,8 +587,12 @@ def make_tuner(s: Settings, dataset, logger):
         # to pass new callbacks, so this one (this command's --mlflow-uri) replaces it.
         others = [c for c in ray_private.callbacks(tuner) if not isinstance(c, MLflowTrialLogger)]
         ray_private.set_callbacks(tuner, [*others, logger])
+        # The restored searcher would write where the experiment was when first started.
+        searcher = ray_private.searcher(tuner)
+        if isinstance(searcher, ClusterSearch):
+            searcher.keep_journal_at(journal)
     else:
-        searcher = make_searcher(s.space, s.seed)
+        searcher = make_searcher(s.space, s.seed, journal, s.name)
         scheduler = (
             ASHAScheduler(metric=N.VAL_LOSS, mode="min", time_attr=N.EPOCH, grace_period=1)
             if s.scheduler == "asha"
