@@ -28,8 +28,10 @@ elif _ROOT not in sys.path:
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import math  # noqa: E402
 import shlex  # noqa: E402
+import signal  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import urllib.parse  # noqa: E402
@@ -254,6 +256,7 @@ def check_args(args: argparse.Namespace) -> Settings:
 # restores its own state, not our data set, space, seed or winner weights).
 SETTINGS_FILE = "clustertune.json"
 RESUMED_SETTINGS = (
+    "num_samples",  # Tune restores its own; ours says how many were asked
     "space",
     "dataset",
     "data_dir",
@@ -357,7 +360,9 @@ def run_search(s: Settings, dataset) -> int:
         return 2
     tracking = open_tracking(s, dataset)
     start = time.time()
-    results = run_tuner(s, dataset, tracking.logger)
+    results, interrupted = run_tuner(s, dataset, tracking.logger)
+    if interrupted:
+        return stop_interrupted(s, tracking, results)
     elapsed = time.time() - start
     # From here on MLflow may be down: every result is safe in Ray's experiment directory, the
     # summary is printed anyway, and `--resume` logs whatever is missing once the store is back.
@@ -381,6 +386,9 @@ def _quiet_tune() -> None:
     # time each trial waits for (tune.report blocks until the driver has taken the result). The
     # two needed ones are passed explicitly (make_tuner).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # After Ctrl-C Tune logs how to resume through its Python API (`Tuner.restore(...)`); this
+    # search prints its own command instead.
+    logging.getLogger("ray.tune.tune").addFilter(lambda r: "Tuner.restore(" not in r.getMessage())
 
 
 def _check_experiment_dir(s: Settings) -> str | None:
@@ -460,18 +468,21 @@ def open_tracking(s: Settings, dataset) -> Tracking:
             **{f"dataset.{k}": v for k, v in dataset.summary().items()},
         }
         parent_run_id = start_search_run(client, experiment_id, s.name, params, s.space.path)
+    else:
+        _reopen_interrupted(client, experiment_id, parent_run_id)
     logger = MLflowTrialLogger(s.tracking_uri, experiment_id, parent_run_id)
     return Tracking(client, experiment_id, parent_run_id, logger)
 
 
 def run_tuner(s: Settings, dataset, logger: MLflowTrialLogger):
-    """Tune's ResultGrid: from a new or restored Tuner, or, when --resume finds every trial done
-    (e.g. after a tracking-server outage), read from disk without starting Ray."""
+    """(Tune's ResultGrid, whether Ctrl-C stopped the search). The grid comes from a new or
+    restored Tuner, or, when --resume finds every trial done (e.g. after a tracking-server
+    outage), from disk without starting Ray; it is None when a second Ctrl-C cut Tune short."""
     from ray import tune
 
     if s.resume and tune_finished(s.experiment_dir):
         print(f"{s.experiment_dir}: every trial finished; logging what MLflow misses", flush=True)
-        return tune.ResultGrid(tune.ExperimentAnalysis(str(s.experiment_dir)))
+        return tune.ResultGrid(tune.ExperimentAnalysis(str(s.experiment_dir))), False
     journal = journal_location(s)
     if not s.resume:
         saved = {key: getattr(s, key) for key in RESUMED_SETTINGS}
@@ -485,7 +496,12 @@ def run_tuner(s: Settings, dataset, logger: MLflowTrialLogger):
         "" if _is_local(s.experiment_dir) else " (kept on this machine: --storage-path is remote)"
     )
     print(f"Optuna study {s.name}: {journal}{where}", flush=True)
-    return make_tuner(s, dataset, logger, journal).fit()
+    with _SigintSeen() as sigint:
+        try:
+            results = make_tuner(s, dataset, logger, journal).fit()
+        except KeyboardInterrupt:  # a second Ctrl-C: Tune's handler is gone
+            results = None
+    return results, sigint.seen or results is None
 
 
 def sync_trials(logger: MLflowTrialLogger, results) -> bool:
@@ -526,13 +542,102 @@ def summarise(s: Settings, dataset, tracking: Tracking, results, elapsed: float,
 
 def recovery_hint(s: Settings) -> str:
     """What to run once the tracking store answers again."""
-    command = ["python", "tune/search.py", "--resume", "--name", s.name]
-    command += ["--storage-path", str(s.storage), "--mlflow-uri", redact(s.tracking_uri)]
-    command += ["--experiment", s.experiment, "--model-name", s.model_name]
     return (
         f"\nMLflow misses part of this search ({s.experiment_dir} has all of it). Once "
-        f"{redact(s.tracking_uri)} answers again, log the rest with:\n  " + shlex.join(command)
+        f"{redact(s.tracking_uri)} answers again, log the rest with:\n  " + resume_command(s)
     )
+
+
+def resume_command(s: Settings) -> str:
+    """The command that resumes this search, or logs what MLflow misses of it. Tune restores
+    its own settings and clustertune.json ours; the trials' resources and where Ray, MLflow and
+    the results are come from the command line."""
+    command = ["python", "tune/search.py", "--resume", "--name", s.name]
+    command += ["--storage-path", str(s.storage)]
+    if s.address:
+        command += ["--address", s.address]
+    command += ["--mlflow-uri", redact(s.tracking_uri)]
+    command += ["--experiment", s.experiment, "--model-name", s.model_name]
+    defaults = parse_args([])
+    for flag in ("--cpus-per-trial", "--gpus-per-trial"):
+        key = flag.lstrip("-").replace("-", "_")
+        if getattr(s, key) != getattr(defaults, key):
+            command += [flag, f"{getattr(s, key):g}"]
+    return shlex.join(command)
+
+
+class _SigintSeen:
+    """Whether SIGINT reached this process inside the `with` block.
+
+    Tune's own handler acts on the first Ctrl-C: it stops the trials, saves the experiment (its
+    trials as they were, so a restore resumes them) and returns from `fit` as if done. Python's
+    wakeup fd shows that the signal came without replacing that handler."""
+
+    seen = False
+
+    def __enter__(self) -> _SigintSeen:
+        self._read, self._write = os.pipe()
+        for fd in (self._read, self._write):
+            os.set_blocking(fd, False)
+        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.set_wakeup_fd(self._previous)
+        try:
+            self.seen = signal.SIGINT in os.read(self._read, 4096)
+        except BlockingIOError:  # no signal at all
+            self.seen = False
+        os.close(self._read)
+        os.close(self._write)
+
+
+def stop_interrupted(s: Settings, tracking: Tracking, results) -> int:
+    """After Ctrl-C: MLflow keeps what the trials logged, and the parent run and the runs of
+    unfinished trials end KILLED; no summary and no champion, since the search is not over (its
+    --resume does both). Prints how many trials finished and the command that resumes the
+    search. Returns 130, the shell's code for a command ended by SIGINT."""
+    from ray import tune
+
+    tracking.logger.close()
+    client = tracking.client
+    try:
+        for run in tracking.logger.runs.child_runs():
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, "KILLED")
+        client.set_terminated(tracking.parent_run_id, "KILLED")
+    except Exception as e:  # noqa: BLE001 - --resume completes MLflow from Ray's records
+        _warn_mlflow("marking the search interrupted", e)
+    if not tune.Tuner.can_restore(s.experiment_dir):
+        print("\nInterrupted before the search saved any state: start it again.", file=sys.stderr)
+        return 130
+    done = ""
+    if results is not None:  # a trial's final result carries its status
+        finished = sum(N.is_final(dict(r.metrics or {})) for r in results)
+        done = f" {finished} of {s.num_samples} trials finished;"
+    print(
+        f"\nInterrupted:{done} no champion registered. Resume the search with:\n  "
+        + resume_command(s),
+        file=sys.stderr,
+    )
+    return 130
+
+
+def _reopen_interrupted(client: MlflowClient, experiment_id: str, parent_run_id: str) -> None:
+    """A resumed search runs again: its parent run and the runs its interruption KILLED."""
+    from tune.tracking import PARENT_TAG
+
+    try:
+        if client.get_run(parent_run_id).info.status == "KILLED":
+            client.update_run(parent_run_id, status="RUNNING")
+        killed = client.search_runs(
+            [experiment_id],
+            f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'KILLED'",
+        )
+        for run in killed:
+            client.update_run(run.info.run_id, status="RUNNING")
+    except Exception as e:  # noqa: BLE001 - cosmetic: the runs end right when their trials do
+        _warn_mlflow("reopening the interrupted runs", e)
 
 
 # The Optuna study's journal (optuna-dashboard FILE), in the experiment directory when that is on
