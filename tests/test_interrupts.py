@@ -1,4 +1,4 @@
-"""What a user sees when a search is stopped: Ctrl-C.
+"""What a user sees when a search is stopped or cannot start: Ctrl-C, impossible resources.
 
 Real `python tune/search.py` runs on digits. Ctrl-C is what a terminal sends: SIGINT to the
 driver's whole process group (the search runs in a session of its own here; Ray's daemons block
@@ -11,10 +11,14 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
+import time
 
 import pytest
 import yaml
 from conftest import (
+    REPO,
+    SEARCH,
     Hold,
     finished,
     journal_front,
@@ -117,6 +121,53 @@ def test_ctrl_c_stops_without_a_champion_and_prints_the_resume_command(searches,
     assert journal_front(exp_dir / "optuna.journal", "c") == search_front(
         uri, "c", EXPERIMENT, tmp_path
     )
+
+
+def _one_error_line(out) -> str:
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error")]
+    assert len(lines) == 1, out.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("flag", ["--cpus-per-trial", "--gpus-per-trial"])
+def test_more_than_the_machine_has_exits_2_before_ray_starts(tmp_path, flag):
+    """Locally: one more CPU (GPU) per trial than the machine has stops the search with one line
+    naming the flag, before Ray or MLflow start."""
+    if flag == "--cpus-per-trial":
+        asked = os.cpu_count() + 1
+    else:
+        import torch
+
+        asked = torch.cuda.device_count() + 1
+    start = time.monotonic()
+    out = run_search(
+        "--smoke", flag, str(asked), "--name", "big", "--storage-path", str(tmp_path / "ray"),
+        "--mlflow-uri", f"sqlite:///{tmp_path}/m.db", timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
+    line = _one_error_line(out)
+    assert f"{flag} {asked}: this machine has" in line, line
+    assert "Started a local Ray instance" not in out.stdout + out.stderr
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "m.db").exists()
+    print(f"\n{flag} {asked}: exit 2 after {time.monotonic() - start:.0f} s: {line}")
+
+
+@pytest.mark.slow
+def test_more_than_the_local_ray_has_exits_2_before_any_trial(tmp_path):
+    """Ray may get less than the machine (a cgroup limit; here Ray's resource override): the
+    check after Ray starts stops the search before any trial, experiment or MLflow run."""
+    start = time.monotonic()
+    out = subprocess.run(
+        [*SEARCH, "--smoke", "--cpus-per-trial", "1.5", "--name", "big",
+         "--storage-path", str(tmp_path / "ray"), "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+        env={**os.environ, "RAY_OVERRIDE_RESOURCES": '{"CPU": 1}'},
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
+    line = _one_error_line(out)
+    assert "--cpus-per-trial 1.5" in line, line
+    assert not (tmp_path / "ray").exists()  # no experiment, so no trial
+    print(f"\nexit 2 after {time.monotonic() - start:.0f} s: {line}")
 
 
 def test_the_resume_command_names_what_the_command_line_must_repeat():

@@ -243,6 +243,16 @@ def check_args(args: argparse.Namespace) -> Settings:
         space = load_space(args.space)
     except SpaceError as e:
         raise UsageError(str(e)) from None
+    if args.address is None:  # a local Ray gets at most this machine (start_ray checks Ray's own)
+        import torch
+
+        machine = {"cpu": os.cpu_count() or 1, "gpu": torch.cuda.device_count()}
+        for kind, has in machine.items():
+            asked = getattr(args, f"{kind}s_per_trial")
+            if asked > has:
+                raise UsageError(
+                    f"--{kind}s-per-trial {asked:g}: this machine has {has} {kind.upper()}s"
+                )
     n = args.num_samples or (SMOKE_SAMPLES if args.smoke else DEFAULT_SAMPLES)
     if space.max_trials is not None:
         n = min(n, space.max_trials)
@@ -355,6 +365,12 @@ def run_search(s: Settings, dataset) -> int:
     from tune import report  # heavy imports only once the input is known to be good
 
     error = _check_experiment_dir(s)
+    if not error and not (s.resume and tune_finished(s.experiment_dir)):
+        try:
+            error = start_ray(s)
+        except KeyboardInterrupt:
+            print("\nInterrupted before any trial started.", file=sys.stderr)
+            return 130
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -662,9 +678,8 @@ def journal_location(s: Settings) -> Path:
 
 
 def make_tuner(s: Settings, dataset, logger, journal: Path):
-    """Start Ray (or join --address) and build the Tuner: a new one, or the restored --name; its
-    Optuna study is journaled at `journal`."""
-    import ray
+    """The Tuner (Ray started by start_ray): a new one, or the restored --name; its Optuna study
+    is journaled at `journal`."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -673,8 +688,6 @@ def make_tuner(s: Settings, dataset, logger, journal: Path):
     from tune.tracking import MLflowTrialLogger
     from tune.trial import trainable
 
-    if not ray.is_initialized():
-        ray.init(address=s.address, include_dashboard=False, log_to_driver=True)
     resources = {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial}
     fn = tune.with_resources(tune.with_parameters(trainable, data=dataset), resources)
     run_config = tune.RunConfig(
@@ -716,6 +729,63 @@ def make_tuner(s: Settings, dataset, logger, journal: Path):
             run_config=run_config,
         )
     return tuner
+
+
+def start_ray(s: Settings) -> str | None:
+    """Start Ray locally or join --address; then why no trial could ever run with the resources
+    asked per trial, or None.
+
+    A trial needs its CPUs and GPUs on one node. Locally, Ray has what this machine gives it and
+    nothing more will come. On a cluster with no node big enough now, a placement group of one
+    trial's shape waits for the autoscaler: it is removed once a node holds it, and the search
+    stops if the autoscaler reports that none of its node types can (also what a cluster without
+    an autoscaler config reports at once).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=s.address, include_dashboard=False, log_to_driver=True)
+    need = {"CPU": s.cpus_per_trial, "GPU": s.gpus_per_trial}
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    if any(all(r.get(k, 0) >= v for k, v in need.items()) for r in nodes):
+        return None
+    flags = {"CPU": "--cpus-per-trial", "GPU": "--gpus-per-trial"}
+    short = [k for k in need if not any(r.get(k, 0) >= need[k] for r in nodes)] or list(need)
+    asked = " and ".join(f"{flags[k]} {need[k]:g}" for k in short)
+    most = {k: max((r.get(k, 0) for r in nodes), default=0) for k in short}
+    has = " and ".join(f"{v:g} {k}" + ("" if v == 1 else "s") for k, v in most.items())
+    if s.address is None:
+        return f"{asked}: the local Ray has {has}"
+    return _wait_for_a_node(need, f"{asked}: no node of the cluster has that (at most {has})")
+
+
+def _wait_for_a_node(need: dict[str, float], why: str) -> str | None:
+    """Hold a placement group of one trial's shape until a node takes it (None) or the
+    autoscaler declares it infeasible (the error line)."""
+    import threading
+
+    from ray.util import placement_group, remove_placement_group
+
+    bundle = {k: v for k, v in need.items() if v}
+    # The autoscaler names the request as a dict of floats, e.g. {'CPU': 4.0}.
+    shape = [f"'{k}': {float(v)}" for k, v in bundle.items()]
+    infeasible = threading.Event()
+
+    def on_event(line: str) -> None:
+        if ray_private.INFEASIBLE in line and all(part in line for part in shape):
+            infeasible.set()
+
+    stop_watching = ray_private.on_autoscaler_events(on_event)
+    pg = placement_group([bundle], strategy="PACK")  # what Tune asks for a trial
+    print(f"{why}; waiting for the cluster's autoscaler to add one (Ctrl-C stops)", flush=True)
+    try:
+        while not infeasible.is_set():
+            if pg.wait(timeout_seconds=1):
+                return None
+        return f"{why}, and Ray's autoscaler says none of its node types can have it"
+    finally:
+        stop_watching()
+        remove_placement_group(pg)
 
 
 def tune_finished(experiment_location: str) -> bool:
