@@ -221,6 +221,29 @@ def optuna_study(experiment_dir: Path):
     return ray_private.saved_optuna_study(experiment_dir)
 
 
+def journal_front(journal: Path, name: str) -> list[tuple[float, ...]]:
+    """The objective values of the best trials of Optuna study `name` in a journal file (what
+    optuna-dashboard shows), sorted."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name=name, storage=storage)
+    return sorted(tuple(t.values) for t in study.best_trials)
+
+
+def search_front(uri: str, name: str, experiment: str, tmp: Path) -> list[tuple[float, ...]]:
+    """The objective values of the Pareto front a search logged (its parent run's pareto.csv),
+    sorted."""
+    import pandas as pd
+
+    parent, _ = search_runs(uri, name, experiment)
+    path = MlflowClient(uri).download_artifacts(parent.info.run_id, "pareto.csv", str(tmp))
+    front = pd.read_csv(path)
+    return sorted(zip(*(front[k] for k in N.OBJECTIVES), strict=True))
+
+
 # --------------------------------------------------------------------------- MLflow's records
 
 

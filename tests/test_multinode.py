@@ -158,3 +158,32 @@ def test_results_went_to_the_shared_storage(outcome):
 def test_nothing_left_running(outcome):
     """Both `ray start` process groups, every worker and the MLflow server are gone."""
     assert outcome.strays == [], outcome.strays
+
+
+def test_a_trial_no_node_can_hold_exits_2(tmp_path):
+    """Two nodes of 1 CPU each (2 in all) and --cpus-per-trial 2: a trial needs its CPUs on one
+    node, the cluster has no autoscaler config that could add a bigger one, and Ray's autoscaler
+    says so. The search waits for it, saying so once, then exits 2 with one line, before any
+    trial, experiment or MLflow run."""
+    with LocalRayCluster() as cluster:
+        cluster.add_node(num_cpus=1, head=True)
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        start = time.monotonic()
+        out = subprocess.run(
+            [
+                sys.executable, str(REPO / "tune" / "search.py"), "--address", cluster.address,
+                "--smoke", "--cpus-per-trial", "2", "--name", "big",
+                "--storage-path", (tmp_path / "ray").as_uri(),
+                "--mlflow-uri", f"sqlite:///{tmp_path}/m.db",
+            ],
+            env=cluster.env, cwd=REPO, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        seconds = time.monotonic() - start
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-5000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1, out.stderr[-3000:]
+    assert "--cpus-per-trial 2" in errors[0] and "none of its node types" in errors[0], errors[0]
+    assert out.stdout.count("waiting for the cluster's autoscaler") == 1, out.stdout[-3000:]
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "m.db").exists()
+    print(f"\nexit 2 after {seconds:.0f} s: {errors[0]}")

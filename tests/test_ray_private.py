@@ -82,6 +82,44 @@ def test_callbacks_of_a_tuner_are_read_and_replaced(tmp_path):
         assert ray_private.callbacks(tuner) == [second]
 
 
+def test_the_search_algorithm_of_a_tuner_is_read(tmp_path):
+    searcher = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)})
+    tuner = tune.Tuner(
+        make_trainable(),
+        tune_config=tune.TuneConfig(search_alg=searcher, metric="y", mode="max"),
+        run_config=tune.RunConfig(storage_path=str(tmp_path)),
+    )
+    with relied_on("Tuner._local_tuner._tune_config.search_alg"):
+        assert ray_private.searcher(tuner) is searcher
+
+
+def test_autoscaler_events_reach_a_handler_of_the_driver():
+    """What the driver's log thread does with the autoscaler's lines, without a cluster: it hands
+    each message to the dispatcher's handlers, and the autoscalers write the infeasible line."""
+    import inspect
+
+    import ray.autoscaler._private.autoscaler as autoscaler_v1
+    import ray.autoscaler.v2.event_logger as autoscaler_v2
+    from ray._private import worker
+
+    with relied_on("Worker.print_logs handing messages to global_worker_stdstream_dispatcher"):
+        assert "global_worker_stdstream_dispatcher.emit(data)" in inspect.getsource(
+            worker.Worker.print_logs
+        )
+    with relied_on(f"the autoscalers' infeasible-request message ({ray_private.INFEASIBLE!r})"):
+        assert ray_private.INFEASIBLE in inspect.getsource(autoscaler_v1)
+        assert ray_private.INFEASIBLE in inspect.getsource(autoscaler_v2)
+    seen: list[str] = []
+    with relied_on("global_worker_stdstream_dispatcher's add_handler/emit/remove_handler"):
+        stop = ray_private.on_autoscaler_events(seen.append)
+        line = f"{ray_private.INFEASIBLE} resource request {{'CPU': 4.0}}."
+        worker.global_worker_stdstream_dispatcher.emit({"pid": "autoscaler", "lines": [line]})
+        worker.global_worker_stdstream_dispatcher.emit({"pid": 123, "lines": ["a trial's line"]})
+        stop()
+        worker.global_worker_stdstream_dispatcher.emit({"pid": "autoscaler", "lines": ["later"]})
+        assert seen == [line]
+
+
 def test_the_searcher_states_are_read_back(tmp_path):
     """SearchGenerator and OptunaSearch write their states as during a search (no Ray needed)."""
     from ray.tune.search import SearchGenerator
@@ -144,6 +182,8 @@ def test_a_real_experiment_is_read_and_its_restored_callbacks_replaced(tmp_path)
         assert tune_finished(str(experiment))
 
         restored = tune.Tuner.restore(str(experiment), trainable=trainable)
+        with relied_on("the search algorithm of a restored Tuner (pickled with the experiment)"):
+            assert isinstance(ray_private.searcher(restored), OptunaSearch)
         with relied_on("the callbacks of a restored Tuner (pickled with the experiment)"):
             names = [type(c).__name__ for c in ray_private.callbacks(restored)]
             assert Marker.__name__ in names, names

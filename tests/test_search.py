@@ -7,10 +7,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_search, search_runs
+from conftest import journal_front, run_search, search_front, search_runs
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 import mlflow
 from mlflow import MlflowClient
@@ -224,6 +227,19 @@ def test_champion_is_registered_and_predicts(smoke_search):
     assert pred.shape == (50,) and pred.dtype == np.int64
     assert pred.min() >= 0 and pred.max() < 10
     assert str(version.version) == "1"
+
+
+def test_the_optuna_study_is_a_journal_whose_best_trials_are_the_front(smoke_search):
+    """optuna-dashboard FILE shows the search: a journal in the experiment directory, the study
+    named after the search, its objectives named, its best trials the search's Pareto front."""
+    _, uri, tmp = smoke_search
+    journal = tmp / "ray" / "smoke-test" / "optuna.journal"
+    study = optuna.load_study(
+        study_name="smoke-test", storage=JournalStorage(JournalFileBackend(str(journal)))
+    )
+    assert len(study.trials) == 6
+    assert study.metric_names == list(N.OBJECTIVES)
+    assert journal_front(journal, "smoke-test") == search_front(uri, "smoke-test", "test-exp", tmp)
 
 
 def test_credentials_in_urls_are_redacted():

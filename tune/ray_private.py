@@ -8,6 +8,13 @@ something it relies on is gone. Each use is here because Ray has no public API f
   experiment, callbacks included, and takes no new ones; `--resume` has to swap the MLflow logger
   bound to the first start's tracking URI and parent run. Read and written through
   `Tuner._local_tuner.get_run_config()`, which returns the RunConfig the Tuner will run with.
+- `searcher`: the same for the search algorithm of a restored Tuner: `--resume` tells it where
+  the Optuna journal is now (the experiment may have moved). `Tuner._local_tuner._tune_config`.
+- `on_autoscaler_events`: whether Ray's autoscaler has declared a resource request infeasible
+  ("No available node types can fulfill ..."). Ray publishes that only as a line of the
+  autoscaler's log, which the driver receives with `log_to_driver` and hands to the handlers of
+  `ray._private.worker.global_worker_stdstream_dispatcher` (data with pid "autoscaler"); no
+  public API reports it.
 - `saved_trial_statuses`, `searcher_created_all`: whether a resumed search has anything left to
   run, without starting Ray. Tune's own state files in the experiment directory:
   experiment_state-<session>.json (TuneController.CKPT_FILE_TMPL; "trial_data" holds
@@ -33,6 +40,7 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +64,31 @@ def callbacks(tuner) -> list:
 def set_callbacks(tuner, new: list) -> None:
     """Make `new` the Tuner's callbacks (get_run_config returns the RunConfig itself)."""
     tuner._local_tuner.get_run_config().callbacks = list(new)
+
+
+def searcher(tuner):
+    """The search algorithm the Tuner will run with (for a restored one: the one pickled with it)."""
+    return tuner._local_tuner._tune_config.search_alg
+
+
+# What Ray's autoscaler (v1 and v2) writes when no node type can ever hold a request.
+INFEASIBLE = "No available node types can fulfill"
+
+
+def on_autoscaler_events(callback: Callable[[str], None]) -> Callable[[], None]:
+    """Call `callback(line)` for every line of the autoscaler's log the driver receives (on Ray's
+    log thread) until the returned function is called. Needs `ray.init(log_to_driver=True)`."""
+    from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
+
+    name = f"clustertune-autoscaler-{id(callback)}"
+
+    def handle(data: dict) -> None:
+        if data.get("pid") == "autoscaler":
+            for line in data.get("lines", []):
+                callback(line)
+
+    dispatcher.add_handler(name, handle)
+    return lambda: dispatcher.remove_handler(name)
 
 
 def _newest(experiment_dir: Path, pattern: str) -> Path | None:

@@ -28,10 +28,14 @@ elif _ROOT not in sys.path:
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import math  # noqa: E402
 import shlex  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import urllib.parse  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
@@ -247,6 +251,16 @@ def check_args(args: argparse.Namespace) -> Settings:
         space = load_space(args.space)
     except SpaceError as e:
         raise UsageError(str(e)) from None
+    if args.address is None:  # a local Ray gets at most this machine (start_ray checks Ray's own)
+        import torch
+
+        machine = {"cpu": os.cpu_count() or 1, "gpu": torch.cuda.device_count()}
+        for kind, has in machine.items():
+            asked = getattr(args, f"{kind}s_per_trial")
+            if asked > has:
+                raise UsageError(
+                    f"--{kind}s-per-trial {asked:g}: this machine has {has} {kind.upper()}s"
+                )
     n = args.num_samples or (SMOKE_SAMPLES if args.smoke else DEFAULT_SAMPLES)
     if space.max_trials is not None:
         n = min(n, space.max_trials)
@@ -261,6 +275,7 @@ def check_args(args: argparse.Namespace) -> Settings:
 SETTINGS_FILE = "clustertune.json"
 RESUMED_SETTINGS = (
     "scheduler",  # Tune restores its scheduler; the trainable must report what that one reads
+    "num_samples",  # Tune restores its own; ours says how many were asked
     "space",
     "dataset",
     "data_dir",
@@ -366,39 +381,63 @@ LOG_FILE = "search.log"
 
 
 def run_search(s: Settings, dataset) -> int:
-    """Start Ray and MLflow, run the Tuner, select and record the winner. Returns the exit code."""
-    from tune import report  # heavy imports only once the input is known to be good
-    from tune.console import ConsoleLog, say
+    """Start Ray and MLflow, run the Tuner, select and record the winner. Returns the exit code.
+    Everything after the first checks runs inside a ConsoleLog (tune/console.py)."""
+    from tune.console import ConsoleLog  # heavy imports only once the input is known to be good
 
     error = _check_experiment_dir(s)
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     log = log_path(s)
+    new_dir = not s.resume and not log.parent.exists()
     with ConsoleLog(log, verbose=s.verbose):
-        action = "resuming" if s.resume else "starting"
-        say(
-            f"Search {s.name} ({action}): {s.num_samples} trials of {s.space.path.name} on "
-            f"{dataset.name}, {s.scheduler} scheduler. Log: {log}"
-        )
-        tracking = open_tracking(s, dataset)
-        link = report.ui_link(s.tracking_uri, tracking.experiment_id, tracking.parent_run_id)
-        say(f"MLflow: {link}")
-        start = time.time()
-        results = run_tuner(s, dataset, tracking.logger)
-        elapsed = time.time() - start
-        # From here on MLflow may be down: every result is safe in Ray's experiment directory, the
-        # summary is printed anyway, and `--resume` logs whatever is missing once the store is back.
-        complete = sync_trials(tracking.logger, results)
-        summary, version, complete = summarise(s, dataset, tracking, results, elapsed, complete)
-        say(report.format_summary(summary, version, s.model_name, elapsed))
-        if not complete:
-            say(recovery_hint(s), err=True)
-            return 3
-        parent = report.run_link(s.tracking_uri, tracking.experiment_id, tracking.parent_run_id)
-        say(f"\nOpen these runs in the MLflow UI:\n  {report.ui_command(s.tracking_uri)}")
-        say(f"  trials, best silhouette first: {link}\n  the search's run and its note: {parent}")
-        return 0 if summary.front is not None and len(summary.front) else 1
+        code = _run_logged(s, dataset, log)
+    if code == 2 and new_dir:  # bad input found once Ray ran: leave nothing behind
+        shutil.rmtree(log.parent, ignore_errors=True)
+    return code
+
+
+def _run_logged(s: Settings, dataset, log: Path) -> int:
+    """run_search's steps, inside its ConsoleLog."""
+    from tune import report
+    from tune.console import say
+
+    error = None
+    if not (s.resume and tune_finished(s.experiment_dir)):
+        try:
+            error = start_ray(s)
+        except KeyboardInterrupt:
+            say("\nInterrupted before any trial started.", err=True)
+            return 130
+    if error:
+        say(f"error: {error}", err=True)
+        return 2
+    action = "resuming" if s.resume else "starting"
+    say(
+        f"Search {s.name} ({action}): {s.num_samples} trials of {s.space.path.name} on "
+        f"{dataset.name}, {s.scheduler} scheduler. Log: {log}"
+    )
+    tracking = open_tracking(s, dataset)
+    link = report.ui_link(s.tracking_uri, tracking.experiment_id, tracking.parent_run_id)
+    say(f"MLflow: {link}")
+    start = time.time()
+    results, interrupted = run_tuner(s, dataset, tracking.logger)
+    if interrupted:
+        return stop_interrupted(s, tracking, results)
+    elapsed = time.time() - start
+    # From here on MLflow may be down: every result is safe in Ray's experiment directory, the
+    # summary is printed anyway, and `--resume` logs whatever is missing once the store is back.
+    complete = sync_trials(tracking.logger, results)
+    summary, version, complete = summarise(s, dataset, tracking, results, elapsed, complete)
+    say(report.format_summary(summary, version, s.model_name, elapsed))
+    if not complete:
+        say(recovery_hint(s), err=True)
+        return 3
+    parent = report.run_link(s.tracking_uri, tracking.experiment_id, tracking.parent_run_id)
+    say(f"\nOpen these runs in the MLflow UI:\n  {report.ui_command(s.tracking_uri)}")
+    say(f"  trials, best silhouette first: {link}\n  the search's run and its note: {parent}")
+    return 0 if summary.front is not None and len(summary.front) else 1
 
 
 def _quiet_tune() -> None:
@@ -411,6 +450,9 @@ def _quiet_tune() -> None:
     # time each trial waits for (tune.report blocks until the driver has taken the result). The
     # two needed ones are passed explicitly (make_tuner).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # After Ctrl-C Tune logs how to resume through its Python API (`Tuner.restore(...)`); this
+    # search prints its own command instead.
+    logging.getLogger("ray.tune.tune").addFilter(lambda r: "Tuner.restore(" not in r.getMessage())
 
 
 def _check_experiment_dir(s: Settings) -> str | None:
@@ -420,9 +462,33 @@ def _check_experiment_dir(s: Settings) -> str | None:
 
     if s.resume and not tune.Tuner.can_restore(s.experiment_dir):
         return f"--resume: no Tune experiment to resume at {s.experiment_dir}"
+    if s.resume and _moved_with_trials_to_create(s):
+        return (
+            f"--resume: {s.experiment_dir} was started at {_first_location(s)} and has trials "
+            "left to create, which Ray would put there: move it back and resume it there"
+        )
     if not s.resume and _exists(s.experiment_dir):
         return f"--name {s.name}: {s.experiment_dir} exists; pass --resume or another --name"
     return None
+
+
+def _first_location(s: Settings) -> str | None:
+    text = _read_text(f"{s.experiment_dir}/{SETTINGS_FILE}")
+    return json.loads(text).get("experiment_dir") if text else None
+
+
+def _moved_with_trials_to_create(s: Settings) -> bool:
+    """Whether the experiment moved since its first start while its searcher has trials left to
+    create: Ray 2.60 restores the trials it has at the new place, but creates new ones from the
+    experiment spec pickled in its search generator state, under the first start's path. Only
+    known for a local experiment directory."""
+    first = _first_location(s)
+    if first is None or first == s.experiment_dir or "://" in s.experiment_dir:
+        return False
+    try:
+        return not ray_private.searcher_created_all(Path(s.experiment_dir))
+    except Exception:  # noqa: BLE001 - an unknown format: let Tune try
+        return False
 
 
 @dataclass(frozen=True)
@@ -473,6 +539,8 @@ def open_tracking(s: Settings, dataset) -> Tracking:
         parent_run_id = start_search_run(
             client, experiment_id, s.name, params, s.space.path, dataset=data_input
         )
+    else:
+        _reopen_interrupted(client, experiment_id, parent_run_id)
     points = list(zip(s.space.point_names, s.space.points, strict=True))
     logger = MLflowTrialLogger(
         s.tracking_uri,
@@ -493,22 +561,35 @@ def hypervolume_reference(dataset) -> tuple[float, float]:
 
 
 def run_tuner(s: Settings, dataset, logger: MLflowTrialLogger):
-    """Tune's ResultGrid: from a new or restored Tuner, or, when --resume finds every trial done
-    (e.g. after a tracking-server outage), read from disk without starting Ray."""
+    """(Tune's ResultGrid, whether Ctrl-C stopped the search). The grid comes from a new or
+    restored Tuner, or, when --resume finds every trial done (e.g. after a tracking-server
+    outage), from disk without starting Ray; it is None when a second Ctrl-C cut Tune short."""
     from ray import tune
 
     from tune.console import say
 
     if s.resume and tune_finished(s.experiment_dir):
         say(f"{s.experiment_dir}: every trial finished; logging what MLflow misses")
-        return tune.ResultGrid(tune.ExperimentAnalysis(str(s.experiment_dir)))
+        return tune.ResultGrid(tune.ExperimentAnalysis(str(s.experiment_dir))), False
+    journal = journal_location(s)
     if not s.resume:
         saved = {key: getattr(s, key) for key in RESUMED_SETTINGS}
         # the space's file and the data set as resolved ("auto" -> a name, a directory: absolute)
         data = dataset.name if dataset.name in DATASETS else dataset.source
         saved.update(space=str(Path(s.space.path).resolve()), dataset=data)
+        saved.update(experiment_dir=s.experiment_dir)  # where it started: --resume compares
         _write_text(f"{s.experiment_dir}/{SETTINGS_FILE}", json.dumps(saved, indent=1))
-    return make_tuner(s, dataset, logger).fit()
+        journal.unlink(missing_ok=True)  # outside the experiment (remote storage): a stale one
+    where = (
+        "" if _is_local(s.experiment_dir) else " (kept on this machine: --storage-path is remote)"
+    )
+    say(f"Optuna study {s.name}: {journal}{where}")
+    with _SigintSeen() as sigint:
+        try:
+            results = make_tuner(s, dataset, logger, journal).fit()
+        except KeyboardInterrupt:  # a second Ctrl-C: Tune's handler is gone
+            results = None
+    return results, sigint.seen or results is None
 
 
 def sync_trials(logger: MLflowTrialLogger, results) -> bool:
@@ -562,30 +643,140 @@ def summarise(s: Settings, dataset, tracking: Tracking, results, elapsed: float,
 
 def recovery_hint(s: Settings) -> str:
     """What to run once the tracking store answers again."""
-    command = ["python", "tune/search.py", "--resume", "--name", s.name]
-    command += ["--storage-path", str(s.storage), "--mlflow-uri", redact(s.tracking_uri)]
-    command += ["--experiment", s.experiment, "--model-name", s.model_name]
     return (
         f"\nMLflow misses part of this search ({s.experiment_dir} has all of it). Once "
-        f"{redact(s.tracking_uri)} answers again, log the rest with:\n  " + shlex.join(command)
+        f"{redact(s.tracking_uri)} answers again, log the rest with:\n  " + resume_command(s)
     )
 
 
-def make_tuner(s: Settings, dataset, logger):
-    """Start Ray (or join --address) and build the Tuner: a new one, or the restored --name."""
-    import ray
+def resume_command(s: Settings) -> str:
+    """The command that resumes this search, or logs what MLflow misses of it. Tune restores
+    its own settings and clustertune.json ours; the trials' resources and where Ray, MLflow and
+    the results are come from the command line."""
+    command = ["python", "tune/search.py", "--resume", "--name", s.name]
+    command += ["--storage-path", str(s.storage)]
+    if s.address:
+        command += ["--address", s.address]
+    command += ["--mlflow-uri", redact(s.tracking_uri)]
+    command += ["--experiment", s.experiment, "--model-name", s.model_name]
+    defaults = parse_args([])
+    for flag in ("--cpus-per-trial", "--gpus-per-trial"):
+        key = flag.lstrip("-").replace("-", "_")
+        if getattr(s, key) != getattr(defaults, key):
+            command += [flag, f"{getattr(s, key):g}"]
+    return shlex.join(command)
+
+
+class _SigintSeen:
+    """Whether SIGINT reached this process inside the `with` block.
+
+    Tune's own handler acts on the first Ctrl-C: it stops the trials, saves the experiment (its
+    trials as they were, so a restore resumes them) and returns from `fit` as if done. Python's
+    wakeup fd shows that the signal came without replacing that handler."""
+
+    seen = False
+
+    def __enter__(self) -> _SigintSeen:
+        self._read, self._write = os.pipe()
+        for fd in (self._read, self._write):
+            os.set_blocking(fd, False)
+        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.set_wakeup_fd(self._previous)
+        try:
+            self.seen = signal.SIGINT in os.read(self._read, 4096)
+        except BlockingIOError:  # no signal at all
+            self.seen = False
+        os.close(self._read)
+        os.close(self._write)
+
+
+def stop_interrupted(s: Settings, tracking: Tracking, results) -> int:
+    """After Ctrl-C: MLflow keeps what the trials logged, and the parent run and the runs of
+    unfinished trials end KILLED; no summary and no champion, since the search is not over (its
+    --resume does both). Prints how many trials finished and the command that resumes the
+    search. Returns 130, the shell's code for a command ended by SIGINT."""
+    from ray import tune
+
+    from tune.console import say
+
+    tracking.logger.close()
+    client = tracking.client
+    try:
+        for run in tracking.logger.runs.child_runs():
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, "KILLED")
+        client.set_terminated(tracking.parent_run_id, "KILLED")
+    except Exception as e:  # noqa: BLE001 - --resume completes MLflow from Ray's records
+        _warn_mlflow("marking the search interrupted", e)
+    if not tune.Tuner.can_restore(s.experiment_dir):
+        say("\nInterrupted before the search saved any state: start it again.", err=True)
+        return 130
+    done = ""
+    if results is not None:  # a trial's final result carries its status
+        finished = sum(N.is_final(dict(r.metrics or {})) for r in results)
+        done = f" {finished} of {s.num_samples} trials finished;"
+    say(
+        f"\nInterrupted:{done} no champion registered. Resume the search with:\n  "
+        + resume_command(s),
+        err=True,
+    )
+    return 130
+
+
+def _reopen_interrupted(client: MlflowClient, experiment_id: str, parent_run_id: str) -> None:
+    """A resumed search runs again: its parent run and the runs its interruption KILLED."""
+    from tune.tracking import PARENT_TAG
+
+    try:
+        if client.get_run(parent_run_id).info.status == "KILLED":
+            client.update_run(parent_run_id, status="RUNNING")
+        killed = client.search_runs(
+            [experiment_id],
+            f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'KILLED'",
+        )
+        for run in killed:
+            client.update_run(run.info.run_id, status="RUNNING")
+    except Exception as e:  # noqa: BLE001 - cosmetic: the runs end right when their trials do
+        _warn_mlflow("reopening the interrupted runs", e)
+
+
+# The Optuna study's journal (optuna-dashboard FILE), in the experiment directory when that is on
+# this machine's filesystem.
+JOURNAL_FILE = "optuna.journal"
+
+
+def _is_local(location: str) -> bool:
+    return "://" not in location or location.startswith("file://")
+
+
+def journal_location(s: Settings) -> Path:
+    """Where the search's Optuna study is journaled. With remote storage (s3://, gs://) the
+    journal stays on this machine, under the default storage path; Tune's pickle of the searcher
+    carries it anyway, so a resume elsewhere rebuilds it (tune/searcher.py)."""
+    if "://" not in s.experiment_dir:
+        return Path(s.experiment_dir) / JOURNAL_FILE
+    if s.experiment_dir.startswith("file://"):
+        path = urllib.parse.urlparse(s.experiment_dir).path
+        return Path(urllib.parse.unquote(path)) / JOURNAL_FILE
+    return DEFAULT_STORAGE / "optuna-journals" / f"{s.name}.journal"
+
+
+def make_tuner(s: Settings, dataset, logger, journal: Path):
+    """The Tuner (Ray started by start_ray): a new one, or the restored --name; its Optuna study
+    is journaled at `journal`."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tune.console import ProgressPrinter
     from tune.mo_asha import MOASHAScheduler, SchedulerState, rung_epochs
-    from tune.searcher import make_searcher
+    from tune.searcher import ClusterSearch, make_searcher
     from tune.tracking import MLflowTrialLogger
     from tune.trial import trainable
 
-    if not ray.is_initialized():
-        ray.init(address=s.address, include_dashboard=False, log_to_driver=True)
     resources = {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial}
     progress = ProgressPrinter(s.num_samples)
     # Only mo-asha reads rung values: other searches do not pay for measuring them.
@@ -600,8 +791,12 @@ def make_tuner(s: Settings, dataset, logger):
         mine = (MLflowTrialLogger, ProgressPrinter)
         others = [c for c in ray_private.callbacks(tuner) if not isinstance(c, mine)]
         ray_private.set_callbacks(tuner, [*others, logger, progress])
+        # The restored searcher would write where the experiment was when first started.
+        searcher = ray_private.searcher(tuner)
+        if isinstance(searcher, ClusterSearch):
+            searcher.keep_journal_at(journal)
     else:
-        searcher = make_searcher(s.space, s.seed)
+        searcher = make_searcher(s.space, s.seed, journal, s.name)
         callbacks = [CSVLoggerCallback(), JsonLoggerCallback(), logger, progress]
         if s.scheduler == "mo-asha":
             scheduler = MOASHAScheduler(points=s.space.points)
@@ -634,6 +829,65 @@ def make_tuner(s: Settings, dataset, logger):
             run_config=run_config,
         )
     return tuner
+
+
+def start_ray(s: Settings) -> str | None:
+    """Start Ray locally or join --address; then why no trial could ever run with the resources
+    asked per trial, or None.
+
+    A trial needs its CPUs and GPUs on one node. Locally, Ray has what this machine gives it and
+    nothing more will come. On a cluster with no node big enough now, a placement group of one
+    trial's shape waits for the autoscaler: it is removed once a node holds it, and the search
+    stops if the autoscaler reports that none of its node types can (also what a cluster without
+    an autoscaler config reports at once).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=s.address, include_dashboard=False, log_to_driver=True)
+    need = {"CPU": s.cpus_per_trial, "GPU": s.gpus_per_trial}
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    if any(all(r.get(k, 0) >= v for k, v in need.items()) for r in nodes):
+        return None
+    flags = {"CPU": "--cpus-per-trial", "GPU": "--gpus-per-trial"}
+    short = [k for k in need if not any(r.get(k, 0) >= need[k] for r in nodes)] or list(need)
+    asked = " and ".join(f"{flags[k]} {need[k]:g}" for k in short)
+    most = {k: max((r.get(k, 0) for r in nodes), default=0) for k in short}
+    has = " and ".join(f"{v:g} {k}" + ("" if v == 1 else "s") for k, v in most.items())
+    if s.address is None:
+        return f"{asked}: the local Ray has {has}"
+    return _wait_for_a_node(need, f"{asked}: no node of the cluster has that (at most {has})")
+
+
+def _wait_for_a_node(need: dict[str, float], why: str) -> str | None:
+    """Hold a placement group of one trial's shape until a node takes it (None) or the
+    autoscaler declares it infeasible (the error line)."""
+    import threading
+
+    from ray.util import placement_group, remove_placement_group
+
+    from tune.console import say
+
+    bundle = {k: v for k, v in need.items() if v}
+    # The autoscaler names the request as a dict of floats, e.g. {'CPU': 4.0}.
+    shape = [f"'{k}': {float(v)}" for k, v in bundle.items()]
+    infeasible = threading.Event()
+
+    def on_event(line: str) -> None:
+        if ray_private.INFEASIBLE in line and all(part in line for part in shape):
+            infeasible.set()
+
+    stop_watching = ray_private.on_autoscaler_events(on_event)
+    pg = placement_group([bundle], strategy="PACK")  # what Tune asks for a trial
+    say(f"{why}; waiting for the cluster's autoscaler to add one (Ctrl-C stops)")
+    try:
+        while not infeasible.is_set():
+            if pg.wait(timeout_seconds=1):
+                return None
+        return f"{why}, and Ray's autoscaler says none of its node types can have it"
+    finally:
+        stop_watching()
+        remove_placement_group(pg)
 
 
 def tune_finished(experiment_location: str) -> bool:
