@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import journal_front, run_search, search_front, search_runs
+from conftest import journal_front, run_search, search_front, search_runs, wait_for
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
@@ -429,3 +432,51 @@ def test_the_champion_is_the_winners_model(smoke_search):
     assert model.source_run_id == winner.info.run_id
     assert model.params["latent_dim"] == winner.data.params["latent_dim"]
     assert client.get_run(winner.info.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.skipif(
+    not any(map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))),
+    reason="no Chromium (apt-get install chromium) to load the MLflow UI with",
+)
+def test_the_printed_link_shows_the_winner_in_mlflow_ui(smoke_search, tmp_path):
+    """The runs view the search prints a link to, opened in a real browser on `mlflow ui`,
+    lists the trials by name with the starred winner."""
+    import socket
+    import urllib.request
+
+    out, uri, _ = smoke_search
+    _, kids = search_runs(uri, "smoke-test", "test-exp")
+    winner = next(k for k in kids if k.data.tags[N.ROLE] == "winner").info.run_name
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(up, 300, "the MLflow UI")
+        line = next(x for x in out.stdout.splitlines() if "best silhouette first:" in x)
+        link = line.split(": ", 1)[1].replace("127.0.0.1:5000", f"127.0.0.1:{port}")
+        chrome = next(
+            filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome")))
+        )
+        dom = subprocess.run(
+            [chrome, "--headless=new", "--no-sandbox", "--disable-gpu",
+             "--virtual-time-budget=30000", "--dump-dom", link],
+            capture_output=True, text=True, timeout=300,
+        ).stdout  # fmt: skip
+        assert winner in dom, dom[-2000:]
+        assert "6 matching runs" in dom
+    finally:
+        ui.terminate()
+        ui.wait(60)
