@@ -96,9 +96,29 @@ print("after the search")
         log.unlink(missing_ok=True)
         args = [sys.executable, "-c", script] + (["-v"] if verbose else [])
         with terminal.open("w") as out:
-            subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=120)
+            subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=900)
         shown, logged = terminal.read_text(), log.read_text()
         for text in ("a table row from Tune", "C++ core", "a worker line", "trial 1 done"):
             assert text in logged, (text, logged)
             assert (text in shown) == (verbose or text == "trial 1 done"), (verbose, text, shown)
         assert "after the search" in shown and "after the search" not in logged
+
+
+def test_our_warnings_reach_the_terminal(tmp_path):
+    """A warning of this project's loggers (e.g. MLflow is down, the search goes on) is shown,
+    not only logged; Ray's and other libraries' go to the log file."""
+    log, terminal = tmp_path / "search.log", tmp_path / "terminal.txt"
+    script = f"""
+import logging, sys
+sys.path.insert(0, {str(REPO)!r})
+from tune.console import ConsoleLog
+with ConsoleLog({str(log)!r}):
+    logging.getLogger("clustertune.tracking").error("MLflow failed. The search goes on")
+    logging.getLogger("ray.tune").warning("a warning of Ray's")
+"""
+    with terminal.open("w") as out:
+        subprocess.run([sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT,
+                       check=True, timeout=900)  # fmt: skip
+    shown, logged = terminal.read_text(), log.read_text()
+    assert "error: MLflow failed. The search goes on" in shown and "The search goes on" in logged
+    assert "a warning of Ray's" not in shown and "a warning of Ray's" in logged

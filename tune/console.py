@@ -10,6 +10,7 @@ and the summary. `--verbose` sends everything to the terminal as well.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -64,6 +65,10 @@ class ConsoleLog:
         self._pump = threading.Thread(target=self._copy, args=(read,), daemon=True)
         self._pump.start()
         _ACTIVE = self
+        # Our own warnings (e.g. "MLflow is down, the search goes on") are for the user too.
+        self._handler = _SayHandler(logging.WARNING)
+        for name in OUR_LOGGERS:
+            logging.getLogger(name).addHandler(self._handler)
         return self
 
     def _copy(self, read: int) -> None:
@@ -82,6 +87,8 @@ class ConsoleLog:
 
     def __exit__(self, *exc) -> None:
         global _ACTIVE
+        for name in OUR_LOGGERS:
+            logging.getLogger(name).removeHandler(self._handler)
         _ACTIVE = None
         sys.stdout.flush()
         sys.stderr.flush()
@@ -97,6 +104,17 @@ class ConsoleLog:
 
 
 _ACTIVE: ConsoleLog | None = None
+OUR_LOGGERS = ("tune", "clustertune")  # tune.* modules and the MLflow writer's
+
+
+class _SayHandler(logging.Handler):
+    """Log records of this project's loggers, as lines for the terminal (and the log)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            say(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
 
 
 def say(text: str = "", err: bool = False) -> None:

@@ -390,11 +390,14 @@ def run_search(s: Settings, dataset) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     log = log_path(s)
-    new_dir = not s.resume and not log.parent.exists()
+    created = log.parent  # the highest directory the log creates: removed again on bad input
+    while not created.parent.exists():
+        created = created.parent
+    new_dir = not s.resume and not created.exists()
     with ConsoleLog(log, verbose=s.verbose):
         code = _run_logged(s, dataset, log)
     if code == 2 and new_dir:  # bad input found once Ray ran: leave nothing behind
-        shutil.rmtree(log.parent, ignore_errors=True)
+        shutil.rmtree(created, ignore_errors=True)
     return code
 
 
