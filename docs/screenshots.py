@@ -61,12 +61,12 @@ def shoot(chrome: str, url: str, path: Path, size: tuple[int, int], wait_ms: int
     print(f"  {path.relative_to(REPO)}")
 
 
-def console_page(text: str, path: Path) -> Path:
+def console_page(command: str, text: str, path: Path) -> Path:
     """The console output as a terminal-like HTML page."""
     path.write_text(
         "<html><body style='margin:0;background:#1e1e1e'><pre style='color:#dcdcdc;"
         "font:13px DejaVu Sans Mono,monospace;padding:12px;margin:0'>"
-        f"$ make search\n{html.escape(text)}</pre></body></html>"
+        f"$ python tune/search.py {html.escape(command)}\n{html.escape(text)}</pre></body></html>"
     )
     return path
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_until_up(base)
             local = "http://127.0.0.1:5000"
             print("writing:")
-            page = console_page(search.stdout.rstrip(), tmp / "console.html")
+            page = console_page(args.search_args, search.stdout.rstrip(), tmp / "console.html")
             height = 40 + 17 * (search.stdout.count("\n") + 2)
             shoot(chrome, page.as_uri(), OUT / "console.png", (1400, height), wait_ms=1000)
             shoot(chrome, runs_url.replace(local, base), OUT / "mlflow_runs.png", (1600, 900))
