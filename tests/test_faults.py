@@ -27,6 +27,7 @@ import yaml
 from conftest import (
     REPO,
     SEARCH,
+    SMALL_MLP,
     Hold,
     Search,
     epoch_points,
@@ -47,29 +48,7 @@ from tune.trial import ARTIFACTS
 
 EXPERIMENT = "faults"
 
-# Small MLP trials on digits: about a second each once a worker has imported torch.
-BASE = {
-    "arch": "mlp",
-    "mlp_depth": 1,
-    "mlp_width_1": 16,
-    "mlp_activation": "relu",
-    "mlp_batch_norm": False,
-    "latent_dim": 4,
-    "dropout": 0.0,
-    "lr": 0.003,
-    "weight_decay": 0.0,
-    "batch_size": 32,
-    "epochs": 3,
-    "finetune": "none",
-    "reduction": "none",
-    "n_clusters": 10,
-    "abo_lr": 0.1,
-    "abo_epochs": 3,
-    "abo_batch_size": 64,
-    "abo_temperature": 1.0,
-    "abo_init": "farthest",
-    "kmeans_n_init": 2,
-}
+BASE = SMALL_MLP
 
 
 def points_space(path: Path, points: dict[str, dict]) -> Path:

@@ -19,6 +19,7 @@ import yaml
 from conftest import (
     REPO,
     SEARCH,
+    SMALL_MLP,
     Hold,
     finished,
     journal_front,
@@ -32,26 +33,8 @@ from mlflow import MlflowClient
 
 EXPERIMENT = "faults"  # conftest.search_runs' default
 MODEL = "ct-interrupt"
-TRIAL = {  # small MLP trials on digits: about a second per epoch once a worker is warm
-    "arch": "mlp",
-    "mlp_depth": 1,
-    "mlp_activation": "relu",
-    "mlp_batch_norm": False,
-    "dropout": 0.0,
-    "lr": 0.003,
-    "weight_decay": 0.0,
-    "batch_size": 32,
-    "finetune": "none",
-    "reduction": "none",
-    "n_clusters": 10,
-    "abo_lr": 0.1,
-    "abo_epochs": 3,
-    "abo_batch_size": 64,
-    "abo_temperature": 1.0,
-    "abo_init": "farthest",
-    "kmeans_n_init": 2,
-    "epochs": 3,
-}
+# small MLP trials on digits; width and code size are the test space's parameters
+TRIAL = {k: v for k, v in SMALL_MLP.items() if k not in ("mlp_width_1", "latent_dim")}
 
 
 @pytest.mark.slow
