@@ -45,9 +45,11 @@ def test_help_describes_every_flag():
         "--resume",
         "--seed",
         "--scheduler",
+        "--verbose",
         "--smoke",
     ):
         assert flag in out.stdout
+    assert "mo-asha" in out.stdout
 
 
 @pytest.mark.parametrize(
