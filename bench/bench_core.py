@@ -79,7 +79,7 @@ from tune import names as N  # noqa: E402
 from tune.config import TrialConfig  # noqa: E402
 from tune.data import DEBIAN_FASHION_MNIST_DIR, DatasetError, load_dataset  # noqa: E402
 from tune.metrics import silhouette_scores  # noqa: E402
-from tune.provenance import git_commit  # noqa: E402
+from tune.provenance import cpu_model, git_commit  # noqa: E402
 from tune.space import load_space  # noqa: E402
 from tune.training import images_to_tensor, pick_device, train_autoencoder  # noqa: E402
 from tune.trial import run_trial  # noqa: E402
@@ -265,16 +265,6 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- machine description
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def ram_gib() -> str:

@@ -57,6 +57,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `tune` importable
     sys.path.insert(0, str(ROOT))
 
 from tune import names as N  # noqa: E402 - light: no Ray, MLflow or torch
+from tune.provenance import cpu_model  # noqa: E402
 from tune.selection import hypervolume  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -481,16 +482,6 @@ def plot(c: Comparison, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def loadavg() -> str:

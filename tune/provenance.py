@@ -5,6 +5,7 @@ Light on purpose (no mlflow, ray or torch import): the bench scripts use it with
 
 from __future__ import annotations
 
+import platform
 import subprocess
 from pathlib import Path
 
@@ -29,3 +30,14 @@ def git_commit() -> str:
         return f"{sha}{'-dirty' if dirty else ''}" if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (benchmarks state the machine they ran on)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
