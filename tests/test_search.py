@@ -257,6 +257,22 @@ def test_credentials_in_urls_are_redacted():
     assert redact("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
 
 
+def test_the_default_space_on_digits_is_digits_yaml(tmp_path):
+    from tune.search import check_args, parse_args, resolve_args
+
+    def settings(*argv):
+        args = ["--storage-path", str(tmp_path), "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"]
+        return check_args(resolve_args(parse_args([*args, *argv])))
+
+    s = settings()
+    assert s.space.path.name == "default.yaml" and s.num_samples == 20
+    assert s.for_dataset("fashion-mnist") is s
+    digits = s.for_dataset("digits")
+    assert (digits.space.path.name, digits.num_samples, digits.name) == ("digits.yaml", 20, s.name)
+    assert settings("--space", "seeds").for_dataset("digits").num_samples == 2
+    assert settings("--smoke").for_dataset("digits").space.path.name == "smoke.yaml"
+
+
 def test_artifacts_live_beside_the_sqlite_store(smoke_search):
     _, uri, tmp = smoke_search
     exp = MlflowClient(uri).get_experiment_by_name("test-exp")

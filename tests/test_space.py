@@ -119,8 +119,18 @@ def test_shipped_points() -> None:
     assert load_space("mlp").points == [DOC1]
     assert load_space("conv").points == [DOC2]
     assert load_space("smoke").points == []
+    assert load_space("digits").points == [DOC1, DOC2]
     for point in load_space("default").points:
         assert typed(point) == typed(validate_config(point))
+
+
+def test_default_hands_digits_to_its_own_space() -> None:
+    default = load_space("default")
+    assert default.for_dataset("digits").path == spaces_dir() / "digits.yaml"
+    assert default.for_dataset("fashion-mnist") is default
+    assert default.for_dataset("mnist") is default
+    assert load_space("digits").for_dataset("digits").path == spaces_dir() / "digits.yaml"
+    assert load_space("smoke").for_dataset("digits").path == spaces_dir() / "smoke.yaml"
 
 
 def test_seeds_is_a_points_only_space() -> None:
@@ -567,6 +577,34 @@ def test_yaml_level_errors(tmp_path: Path) -> None:
         load_space(write(tmp_path, "description: x\nparameters:\n  lr: 0.1\n  lr: 0.2\n"))
     with pytest.raises(SpaceError, match="expected a mapping at the top level"):
         load_space(write(tmp_path, "- 1\n"))
+
+
+def test_dataset_spaces(tmp_path: Path) -> None:
+    write(tmp_path, minimal_space(), "small.yaml")
+    space = load_space(
+        write(tmp_path, {**minimal_space(), "dataset_spaces": {"digits": "small.yaml"}})
+    )
+    assert space.dataset_spaces == {"digits": tmp_path / "small.yaml"}
+    assert space.for_dataset("digits").path == tmp_path / "small.yaml"
+    assert space.for_dataset("mnist") is space
+    chained = {**minimal_space(), "dataset_spaces": {"mnist": "s.yaml"}}
+    write(tmp_path, chained, "chain.yaml")
+    cases = [
+        ({"cifar": "small.yaml"}, "dataset_spaces.cifar", "not a data set name (one of mnist"),
+        ({"digits": "gone.yaml"}, "dataset_spaces.digits", "gone.yaml: no such file"),
+        ({"digits": "../small.yaml"}, "dataset_spaces.digits", "a file name beside this one"),
+        ({"digits": "s.yaml"}, "dataset_spaces.digits", "hands the data set back to this file"),
+        ({"digits": "chain.yaml"}, "dataset_spaces.digits", "hands the data set back"),
+        (["digits"], "dataset_spaces", "expected a mapping of data set: space file"),
+    ]
+    for value, key, reason in cases:
+        with pytest.raises(SpaceError) as info:
+            load_space(write(tmp_path, {**minimal_space(), "dataset_spaces": value}))
+        assert (info.value.key, info.value.source) == (key, str(tmp_path / "s.yaml"))
+        assert reason in info.value.reason, info.value.reason
+    write(tmp_path, {**minimal_space(), "dataset_spaces": {"digits": "small.yaml"}}, "mid.yaml")
+    with pytest.raises(SpaceError, match="mid.yaml has dataset_spaces of its own"):
+        load_space(write(tmp_path, {**minimal_space(), "dataset_spaces": {"digits": "mid.yaml"}}))
 
 
 def test_points_files_and_references(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ import signal  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import urllib.parse  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 from tune import names as N  # noqa: E402
@@ -208,6 +208,20 @@ class Settings:
     def __getattr__(self, key: str):  # s.seed, s.weights, ...: the parsed value
         return getattr(self.__dict__["args"], key)
 
+    def for_dataset(self, name: str) -> Settings:
+        """These settings with the space the current one names for data set `name`
+        (`dataset_spaces`), if any."""
+        space = self.space.for_dataset(name)
+        if space is self.space:
+            return self
+        return replace(self, space=space, num_samples=num_samples(self.args, space))
+
+
+def num_samples(args: argparse.Namespace, space: SearchSpace) -> int:
+    """Trials to run: --num-samples, or the default, and never more than a points-only space has."""
+    n = args.num_samples or (SMOKE_SAMPLES if args.smoke else DEFAULT_SAMPLES)
+    return n if space.max_trials is None else min(n, space.max_trials)
+
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """A copy of `args` with --smoke's defaults and, for --resume, the RESUMED_SETTINGS the search
@@ -261,9 +275,7 @@ def check_args(args: argparse.Namespace) -> Settings:
                 raise UsageError(
                     f"--{kind}s-per-trial {asked:g}: this machine has {has} {kind.upper()}s"
                 )
-    n = args.num_samples or (SMOKE_SAMPLES if args.smoke else DEFAULT_SAMPLES)
-    if space.max_trials is not None:
-        n = min(n, space.max_trials)
+    n = num_samples(args, space)
     name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
     storage, experiment_dir = storage_location(args.storage_path, name)
     tracking_uri = args.mlflow_uri or default_tracking_uri()
@@ -294,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         check_tracking_uri(args.mlflow_uri or default_tracking_uri())
         s = check_args(args)
         dataset = load_dataset(s.dataset, s.data_dir, val_fraction=s.val_fraction, seed=s.seed)
+        s = s.for_dataset(dataset.name)
         depth = _max_conv_depth(s.space)
         h, w = dataset.image_shape
         if h % 2**depth or w % 2**depth:

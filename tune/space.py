@@ -401,6 +401,14 @@ class SearchSpace:
     points: list[dict[str, Any]]
     point_names: list[str] = field(default_factory=list)
     points_only: bool = False
+    # data set name -> the space to search instead on it (top-level `dataset_spaces`)
+    dataset_spaces: dict[str, Path] = field(default_factory=dict)
+
+    def for_dataset(self, name: str) -> SearchSpace:
+        """The space to search on data set `name`: the file `dataset_spaces` names for it (a space
+        sized for another data set), else this one."""
+        target = self.dataset_spaces.get(name)
+        return self if target is None else _load(target, ())
 
     @property
     def num_points(self) -> int:
@@ -520,7 +528,9 @@ _Loader.add_implicit_resolver(
     list("-+0123456789"),
 )
 
-_TOP_KEYS = ("description", "parameters", "points_to_evaluate", "points")
+_TOP_KEYS = ("description", "parameters", "points_to_evaluate", "points", "dataset_spaces")
+# Data sets a space may hand over to another file (tune/data.py's names; `auto` resolves to one).
+_DATASET_NAMES = ("mnist", "fashion-mnist", "digits")
 _FIELDS = {
     "int": ("type", "low", "high", "log", "when"),
     "float": ("type", "low", "high", "log", "when"),
@@ -624,7 +634,40 @@ def _load(path: Path, stack: tuple[Path, ...]) -> SearchSpace:
         points=[cfg for _, cfg in named],
         point_names=[name for name, _ in named],
         points_only=points_only,
+        dataset_spaces=_parse_dataset_spaces(path, raw.get("dataset_spaces"), stack),
     )
+
+
+def _parse_dataset_spaces(path: Path, raw: Any, stack: tuple[Path, ...]) -> dict[str, Path]:
+    """`dataset_spaces: {digits: digits.yaml}`: file names beside this one, each a valid space
+    without `dataset_spaces` of its own (one hand-over, never a chain)."""
+    shown = _display(path)
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping) or not raw:
+        raise SpaceError(shown, "dataset_spaces", "expected a mapping of data set: space file")
+    spaces = {}
+    for name, file in raw.items():
+        key = f"dataset_spaces.{name}"
+        if name not in _DATASET_NAMES:
+            raise SpaceError(
+                shown, key, f"not a data set name (one of {', '.join(_DATASET_NAMES)})"
+            )
+        if not isinstance(file, str) or "/" in file or "\\" in file:
+            raise SpaceError(shown, key, f"expected a file name beside this one, got {_show(file)}")
+        target = path.parent / file
+        if target.resolve() == path.resolve() or target.resolve() in stack:
+            raise SpaceError(shown, key, f"{file} hands the data set back to this file")
+        try:
+            other = _load(target, stack + (path.resolve(),))
+        except SpaceError as e:
+            raise SpaceError(
+                shown, key, f"{file}: {e.key + ': ' if e.key else ''}{e.reason}"
+            ) from None
+        if other.dataset_spaces:
+            raise SpaceError(shown, key, f"{file} has dataset_spaces of its own (no chains)")
+        spaces[str(name)] = target
+    return spaces
 
 
 def _parse_parameters(shown: str, raw: Any) -> dict[str, Param]:
