@@ -17,9 +17,11 @@ Run on demand, never as a timed test. Appends a dated section to bench/RESULTS.m
          figures (NOTES.md section 6) are quoted beside them for scale, not re-run.
   cost   Seconds per epoch of the fine-tuning stage against a pre-training epoch of the same
          network at the same batch size, measured in one process one after the other (target:
-         at most 1.5x), for the first document's MLP and the second's conv network; and UMAP's
-         one-off cost per worker process: `import umap`, then the first fit + transform (numba
-         compiles) against a second one on the same codes, in a fresh subprocess.
+         at most 1.5x), for the first document's MLP and the second's conv network; for dec also
+         the part of it spent refreshing the target, and for the MLP the same stage forced onto
+         autograd (`finetune(..., closed_form=False)`), what the closed-form step replaces; and
+         UMAP's one-off cost per worker process: `import umap`, then the first fit + transform
+         (numba compiles) against a second one on the same codes, in a fresh subprocess.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import subprocess
 import sys
@@ -40,13 +43,15 @@ if str(ROOT) not in sys.path:  # run as a script: make `tune` and `models` impor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from bench_core import RESULTS, loadavg, machine_lines, md_table  # noqa: E402
+from bench_core import RESULTS, OtherLoad, loadavg, machine_lines, md_table  # noqa: E402
 from explore_frontier import CLUSTERING  # noqa: E402 - one cheap clustering for explorations
 
+import tune.finetune as finetune_module  # noqa: E402
 from tune import names as N  # noqa: E402
 from tune.config import Clustering, Finetune, TrialConfig  # noqa: E402
 from tune.data import load_dataset  # noqa: E402
 from tune.finetune import finetune, initial_centers  # noqa: E402
+from tune.mlp_step import MLPStep  # noqa: E402
 from tune.space import load_space  # noqa: E402
 from tune.training import embed, images_to_tensor, train_autoencoder  # noqa: E402
 from tune.trial import run_trial  # noqa: E402
@@ -185,34 +190,90 @@ def seconds_per_epoch(history_times: list[float]) -> float:
     return sorted(steps)[len(steps) // 2]  # the median epoch: robust to one disturbed epoch
 
 
-def stage_cost(ds, config: dict[str, Any], kind: str, epochs: int = 3) -> tuple[float, float]:
-    """(pre-training, fine-tuning) median seconds per epoch, same network and batch size."""
+class RefreshClock:
+    """Times dec's target refreshes (soft_assignment over all training codes) while installed."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[float, float]] = []  # (start, seconds)
+        self.inner = finetune_module.soft_assignment
+
+    def __enter__(self) -> RefreshClock:
+        def timed(*args):
+            t0 = time.perf_counter()
+            out = self.inner(*args)
+            self.spans.append((t0, time.perf_counter() - t0))
+            return out
+
+        finetune_module.soft_assignment = timed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        finetune_module.soft_assignment = self.inner
+
+    def per_epoch(self, stamps: list[float]) -> float:
+        """Refresh seconds per epoch over the epochs seconds_per_epoch looks at (not the first)."""
+        spent = sum(s for t, s in self.spans if stamps[1] <= t < stamps[-1])
+        return spent / (len(stamps) - 2)
+
+
+def timed_finetune(model, x, centers, stage: Finetune, closed_form: bool) -> tuple[float, float]:
+    """(median seconds per fine-tuning epoch, target-refresh seconds per epoch)."""
+    stamps = [time.perf_counter()]
+    with RefreshClock() as clock:
+        finetune(
+            model, x, None, centers, stage, seed=0, closed_form=closed_form,
+            on_epoch=lambda *_: stamps.append(time.perf_counter()),
+        )  # fmt: skip
+    return seconds_per_epoch(stamps[1:]), clock.per_epoch(stamps)
+
+
+def stage_cost(ds, config: dict[str, Any], kind: str, epochs: int = 3) -> dict[str, float]:
+    """Median seconds per epoch, same network and batch size: pre-training ("pre"), fine-tuning
+    ("ft", of which "refresh"), and fine-tuning on autograd ("autograd", NaN where the stage uses
+    autograd anyway) from the same pre-trained weights; "others": cores other processes kept busy."""
+    import copy
+
     torch.manual_seed(0)
     from models.build import build_autoencoder
 
     cfg = TrialConfig.from_flat(config)
     model = build_autoencoder(cfg.autoencoder, ds.image_shape)
     x = images_to_tensor(ds.x_train)
+    meter = OtherLoad()
     stamps = [time.perf_counter()]
     train_autoencoder(
         model, x, None, lr=1e-3, weight_decay=0.0, batch_size=config["batch_size"],
         epochs=epochs + 1, seed=0, on_epoch=lambda *_: stamps.append(time.perf_counter()),
     )  # fmt: skip
-    pre = seconds_per_epoch(stamps[1:])  # the first epoch warms up
+    out = {"pre": seconds_per_epoch(stamps[1:])}  # the first epoch warms up
     stage = Finetune(
         kind, epochs + 1, 5e-4, config["batch_size"], 0.1,
         temperature_start=10.0, temperature_end=0.1, update_interval=140, tol=0.0,
     )  # fmt: skip
     clustering = Clustering(10, 0.1, 1, None, 1.0, "k-means++", kmeans_n_init=1)
     centers = initial_centers(kind, embed(model, x).numpy(), clustering, seed=0)
-    stamps = [time.perf_counter()]
-    finetune(
-        model, x, None, centers, stage, seed=0,
-        on_epoch=lambda *_: stamps.append(time.perf_counter()),
-    )  # fmt: skip
-    return pre, seconds_per_epoch(stamps[1:])
+    closed = MLPStep.for_model(model) is not None
+    twin = copy.deepcopy(model) if closed else None  # the same start for the autograd run
+    out["ft"], out["refresh"] = timed_finetune(model, x, centers, stage, closed_form=True)
+    out["autograd"] = math.nan
+    if twin is not None:
+        out["autograd"], _ = timed_finetune(twin, x, centers, stage, closed_form=False)
+    out["others"] = meter.stop()
+    return out
 
 
+COST_HEADER = [
+    "network",
+    "batch",
+    "stage",
+    "pre-train s/epoch",
+    "fine-tune s/epoch",
+    "of which refresh",
+    "ratio",
+    "autograd fine-tune s/epoch",
+    "autograd ratio",
+    "others' load",
+]
 UMAP_PROBE = """
 import time, numpy as np
 t0 = time.perf_counter()
@@ -237,8 +298,22 @@ def cost(ds) -> list[str]:
     for name, bs in (("doc1-mlp", 32), ("doc1-mlp", 256), ("doc2-conv", 256)):
         config = {**seeds[name], "batch_size": bs}
         for kind in ("abo", "dec"):
-            pre, ft = stage_cost(ds, config, kind)
-            rows.append([name, str(bs), kind, f"{pre:.2f}", f"{ft:.2f}", f"{ft / pre:.2f}x"])
+            c = stage_cost(ds, config, kind)
+            na = not math.isfinite(c["autograd"])
+            rows.append(
+                [
+                    name,
+                    str(bs),
+                    kind,
+                    f"{c['pre']:.2f}",
+                    f"{c['ft']:.2f}",
+                    f"{c['refresh']:.2f}" if kind == "dec" else "-",
+                    f"{c['ft'] / c['pre']:.2f}x",
+                    "-" if na else f"{c['autograd']:.2f}",
+                    "-" if na else f"{c['autograd'] / c['pre']:.2f}x",
+                    f"{c['others']:.1f}",
+                ]
+            )
             print(rows[-1], flush=True)
     # UMAP's one-off cost per worker: codes of the doc1 network, in a fresh process
     torch.manual_seed(0)
@@ -263,12 +338,14 @@ def cost(ds) -> list[str]:
         "",
         "Median seconds per epoch of 3 (after one warm-up epoch), same network, same batch size, "
         f"one process, {ds.name} train split ({len(ds.x_train)} images); fine-tuning = the "
-        "stage's joint step (encoder, decoder, centres; autograd) and, for dec, the target "
-        "refreshes every 140 batches. Target: at most 1.5x.",
+        "stage's joint step (encoder, decoder, centres: closed-form gradients for the plain MLP, "
+        "autograd for the conv net) and, for dec, the target refreshes every 140 batches "
+        "(encoding all training images; their share of the epoch in its own column). The "
+        "autograd columns run the same MLP stage from the same weights with "
+        "`closed_form=False`. Target: at most 1.5x. Others' load: cores other processes kept "
+        "busy during the row (2 cores here; well above 0 means disturbed timings).",
         "",
-        md_table(
-            ["network", "batch", "stage", "pre-train s/epoch", "fine-tune s/epoch", "ratio"], rows
-        ),
+        md_table(COST_HEADER, rows),
         "",
         f"UMAP per worker process (one thread, {len(codes)} doc1 codes of 64 dims, fit on 10,000, "
         f"transform all): `import umap` {probe['import']:.1f} s; first fit {f1:.1f} s + transform "

@@ -17,7 +17,13 @@ class ClusteringLayer(nn.Module):
         self.alpha = alpha
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        # z: [B, d] -> squared distances [B, k] -> q: [B, k], rows sum to 1
+        # z: [B, d] -> q: [B, k], rows sum to 1
+        return self.assign(z)[1]
+
+    def assign(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1 + d_ij / alpha, q_ij), both [B, k]: the first is what the closed-form gradient of
+        tune/finetune.py needs besides q."""
         d = ((z[:, None, :] - self.centers[None, :, :]) ** 2).sum(-1)  # cdist's grad is NaN at 0
-        q = (1.0 + d / self.alpha).pow(-(self.alpha + 1.0) / 2.0)
-        return q / q.sum(dim=1, keepdim=True)
+        base = 1.0 + d / self.alpha
+        q = base.pow(-(self.alpha + 1.0) / 2.0)
+        return base, q / q.sum(dim=1, keepdim=True)

@@ -190,3 +190,143 @@ def test_a_trial_killed_inside_the_stage_resumes_to_the_same_result(kind, kill_a
         if key.startswith("time/") or key in (N.NODE, "hostname"):
             continue
         assert resumed[key] == value or (value != value and resumed[key] != resumed[key]), key
+
+
+# The closed-form joint step (MLPStep.joint + abo_closed_form / idec_closed_form) against autograd.
+SMALL_MLPS = [
+    {"hidden": (16,), "latent_dim": 4},  # relu, the first document's shape
+    {"hidden": (24, 12), "latent_dim": 5, "activation": "tanh"},
+    {"hidden": (20,), "latent_dim": 3, "activation": "leaky_relu"},
+]
+
+
+def joint_setup(kw: dict, kind: str, dtype: torch.dtype = torch.float32):
+    """A small MLP + head in one flat buffer (as finetune builds them), a batch and a target."""
+    from torch import nn
+
+    from tune.training import make_optimizer
+
+    torch.manual_seed(0)
+    model = MLPAutoencoder((6, 6), **kw).to(dtype)
+    c0 = torch.randn(3, kw["latent_dim"], dtype=dtype)
+    head = ABONet(c0) if kind == "abo" else ClusteringLayer(c0)
+    _, flat = make_optimizer(nn.ModuleDict({"autoencoder": model, "head": head}), 1e-3, 0.0)
+    x = torch.rand(29, 1, 6, 6, dtype=dtype)  # not a power of two: the batch size is in the scale
+    p = target_distribution(torch.softmax(torch.randn(29, 3, dtype=dtype), 1))
+    return model, head, flat, x, p
+
+
+# float64 shows the math is the same (agreement to rounding), float32 the tolerance training sees
+TOLERANCE = {
+    torch.float64: {"rtol": 1e-11, "atol": 1e-14},
+    torch.float32: {"rtol": 1e-5, "atol": 1e-7},
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("kw", SMALL_MLPS, ids=["relu", "tanh-2-layers", "leaky_relu"])
+@pytest.mark.parametrize("kind", ["abo", "dec"])
+def test_closed_form_joint_gradients_equal_autograd(kind, kw, dtype):
+    from tune.finetune import abo_closed_form, idec_closed_form
+    from tune.mlp_step import MLPStep
+
+    model, head, flat, x, p = joint_setup(kw, kind, dtype)
+    gamma, temperature = 0.3, 0.7
+
+    def hook(z):
+        if kind == "abo":
+            loss, dz, dc = abo_closed_form(z, head.centers, temperature, gamma)
+        else:
+            loss, dz, dc = idec_closed_form(z, head, p, gamma)
+        head.centers.grad.copy_(dc)
+        return loss, dz
+
+    flat.grad.fill_(float("nan"))  # every gradient must be written, none accumulated
+    recon, cluster = MLPStep.for_model(model).joint(x, hook)
+    fast = flat.grad.clone()
+
+    flat.grad.zero_()
+    z = model.encode(x)
+    recon_ref = torch.nn.functional.mse_loss(model.decode(z), x)
+    if kind == "abo":  # autograd through the document's module, not through ABOLoss
+        head.temperature = temperature
+        d, q = head(z)
+        cluster_ref = (q * d).sum(1).mean()
+    else:
+        cluster_ref = kl_divergence(p, head(z))
+    (recon_ref + gamma * cluster_ref).backward()
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(recon, recon_ref.detach(), **tol)
+    torch.testing.assert_close(cluster, cluster_ref.detach(), **tol)
+    assert torch.isfinite(fast).all()
+    torch.testing.assert_close(fast, flat.grad, **tol)
+    # the centres' share is really there (not zero on both sides)
+    assert head.centers.grad.abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("kw", SMALL_MLPS[::2], ids=["relu", "leaky_relu"])
+@pytest.mark.parametrize("kind", ["abo", "dec"])
+def test_finetuning_with_and_without_the_closed_form_matches(kind, kw):
+    import copy
+
+    from tune.mlp_step import MLPStep
+
+    x, _ = blobs_as_images(n_per=40)
+    torch.manual_seed(0)
+    model = MLPAutoencoder((6, 6), **kw)
+    train_autoencoder(model, x, None, lr=3e-3, weight_decay=0.0, batch_size=32, epochs=5, seed=0)
+    assert MLPStep.for_model(model) is not None  # the comparison is real: one side is closed-form
+    twin = copy.deepcopy(model)
+    centers = initial_centers(kind, embed(model, x).numpy(), CLUSTERING, seed=0)
+    stage = {
+        "abo": Finetune("abo", 6, 3e-3, 32, 0.5, temperature_start=5.0, temperature_end=0.5),
+        "dec": Finetune("dec", 6, 3e-3, 32, 0.5, update_interval=4, tol=0.0),
+    }[kind]
+    h_fast, c_fast = finetune(model, x, x[:30], centers, stage, seed=3)
+    h_ref, c_ref = finetune(twin, x, x[:30], centers, stage, seed=3, closed_form=False)
+    assert len(h_fast) == len(h_ref) == 6
+    for a, b in zip(h_fast, h_ref, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, nan_ok=True), key
+    np.testing.assert_allclose(c_fast, c_ref, rtol=1e-5, atol=1e-6)
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(c_ref, centers, rtol=1e-3)  # the centres did move
+
+
+@pytest.mark.parametrize("kind", ["abo", "dec"])
+def test_the_closed_form_stage_resumes_exactly(kind):
+    # the run_trial resume tests above use dropout, i.e. autograd: this one covers the fast path
+    import copy
+
+    from tune.mlp_step import MLPStep
+
+    x, _ = blobs_as_images(n_per=40)
+    torch.manual_seed(0)
+    model = MLPAutoencoder((6, 6), hidden=(16,), latent_dim=4)
+    train_autoencoder(model, x, None, lr=3e-3, weight_decay=0.0, batch_size=32, epochs=5, seed=0)
+    assert MLPStep.for_model(model) is not None
+    centers = initial_centers(kind, embed(model, x).numpy(), CLUSTERING, seed=0)
+    stage = STAGES[kind]
+    m_whole, m_resumed = copy.deepcopy(model), copy.deepcopy(model)
+    whole, c_whole = finetune(m_whole, x, x[:30], centers, stage, seed=3)
+    saved = {}
+
+    def on_epoch(record, state):
+        if record["epoch"] == 4:
+            saved["state"] = state()
+            raise KilledError
+
+    with pytest.raises(KilledError):
+        finetune(copy.deepcopy(model), x, x[:30], centers, stage, seed=3, on_epoch=on_epoch)
+    resumed, c_resumed = finetune(
+        m_resumed, x, x[:30], centers, stage, seed=3, resume=saved["state"]
+    )
+    assert len(resumed) == len(whole) == stage.epochs
+    for a, b in zip(resumed, whole, strict=True):
+        assert a.keys() == b.keys()
+        assert all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a), (a, b)
+    np.testing.assert_array_equal(c_resumed, c_whole)
+    for p, q in zip(m_resumed.parameters(), m_whole.parameters(), strict=True):
+        assert torch.equal(p, q)

@@ -37,7 +37,9 @@ from torch import nn
 from models.abo import ABONet, initial_indices
 from models.dec import ClusteringLayer
 from tune.config import Clustering, Finetune
+from tune.mlp_step import MLPStep
 from tune.training import (
+    EVAL_BATCH,
     DivergedError,
     adam_step,
     embed,
@@ -49,6 +51,36 @@ from tune.training import (
 )
 
 
+def distance_grads(
+    g: torch.Tensor, z: torch.Tensor, centers: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dL/dz [B, d], dL/dc [k, d]) from g = dL/dd [B, k], d_ij = ||z_i - c_j||^2: both recipes'
+    losses depend on z and the centres only through d."""
+    dz = 2.0 * (z * g.sum(1, keepdim=True) - g @ centers)  # [B, d]
+    dc = -2.0 * (g.t() @ z - g.sum(0)[:, None] * centers)  # [k, d]
+    return dz, dc
+
+
+def _abo_terms(
+    z: torch.Tensor, centers: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # z: [B, d], centers: [k, d] -> d: [B, k], q: [B, k], dbar: [B] (the loss is dbar.mean())
+    d = ((z[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
+    q = torch.softmax(-d / temperature, dim=1)
+    return d, q, (q * d).sum(1)
+
+
+def _abo_g(
+    q: torch.Tensor,
+    d: torch.Tensor,
+    dbar: torch.Tensor,
+    temperature: float,
+    scale: float | torch.Tensor,
+) -> torch.Tensor:
+    """g = dL/dd [B, k] of ABOLoss times `scale` (the upstream gradient over B)."""
+    return q * (1.0 - (d - dbar[:, None]) / temperature) * scale
+
+
 class ABOLoss(torch.autograd.Function):
     """mean_i sum_j q_ij d_ij with q_i = softmax(-d_i / T), d_ij = ||z_i - c_j||^2, and the
     closed-form gradient of models/abo.py's docstring, now for the codes as well as the centres:
@@ -58,10 +90,7 @@ class ABOLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, centers: torch.Tensor, temperature: float) -> torch.Tensor:
-        # z: [B, d], centers: [k, d] -> d: [B, k], q: [B, k] -> scalar
-        d = ((z[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
-        q = torch.softmax(-d / temperature, dim=1)
-        dbar = (q * d).sum(1)  # [B]
+        d, q, dbar = _abo_terms(z, centers, temperature)
         ctx.save_for_backward(z, centers, q, d, dbar)
         ctx.temperature = temperature
         return dbar.mean()
@@ -69,14 +98,35 @@ class ABOLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         z, centers, q, d, dbar = ctx.saved_tensors
-        g = q * (1.0 - (d - dbar[:, None]) / ctx.temperature) * (grad_out / len(z))  # [B, k]
-        dz = 2.0 * (z * g.sum(1, keepdim=True) - g @ centers)  # [B, d]
-        dc = -2.0 * (g.t() @ z - g.sum(0)[:, None] * centers)  # [k, d]
-        return dz, dc, None
+        g = _abo_g(q, d, dbar, ctx.temperature, grad_out / len(z))
+        return *distance_grads(g, z, centers), None
 
 
 def abo_loss(z: torch.Tensor, centers: torch.Tensor, temperature: float) -> torch.Tensor:
     return ABOLoss.apply(z, centers, temperature)
+
+
+def abo_closed_form(
+    z: torch.Tensor, centers: torch.Tensor, temperature: float, weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, dz [B, d], dc [k, d]) of abo_loss, the gradients times `weight` (gamma): what
+    ABOLoss.backward gives, without autograd."""
+    d, q, dbar = _abo_terms(z, centers, temperature)
+    g = _abo_g(q, d, dbar, temperature, weight / len(z))
+    return dbar.mean(), *distance_grads(g, z, centers)
+
+
+def idec_closed_form(
+    z: torch.Tensor, head: ClusteringLayer, p: torch.Tensor, weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(KL(P || Q), dz [B, d], dc [k, d]) for q = head(z) and the target p [B, k], the gradients
+    times `weight` (gamma). With u_ij = (1 + d_ij / a)^(-(a+1)/2), q = u / sum_j u and
+    s_i = sum_j p_ij (1 up to rounding; kept so the result is autograd's to the last bits):
+      dL/dd_ij = (a + 1) / (2a) (p_ij - s_i q_ij) / (1 + d_ij / a) / B."""
+    base, q = head.assign(z)  # [B, k] each
+    a = head.alpha
+    g = (p - p.sum(1, keepdim=True) * q).div_(base).mul_(weight * (a + 1.0) / (2.0 * a) / len(z))
+    return kl_divergence(p, q), *distance_grads(g, z, head.centers)
 
 
 def target_distribution(q: torch.Tensor) -> torch.Tensor:
@@ -104,7 +154,11 @@ def initial_centers(
 @torch.no_grad()
 def soft_assignment(model: nn.Module, head: ClusteringLayer, x: torch.Tensor) -> torch.Tensor:
     """q [N, k] of every image in x [N, 1, H, W], the encoder in eval mode (dropout off)."""
-    return head(embed(model, x))
+    z = embed(model, x)  # [N, d]
+    # In slices: all N codes' [N, k, d] differences at once fall out of cache (4x slower on a CPU,
+    # ~1/3 of a refresh); each row's q is computed alone, so the result is the same to the bit.
+    parts = [head(z[s : s + EVAL_BATCH]) for s in range(0, max(len(z), 1), EVAL_BATCH)]
+    return torch.cat(parts)
 
 
 def finetune(
@@ -118,6 +172,7 @@ def finetune(
     first_epoch: int = 0,
     resume: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, float], Callable[[], dict[str, Any]]], None] | None = None,
+    closed_form: bool = True,
 ) -> tuple[list[dict[str, float]], np.ndarray]:
     """Train `model` (pre-trained) and the centres [k, d] jointly; returns (history, centres).
 
@@ -125,6 +180,9 @@ def finetune(
     curves run on without a gap. Each record: epoch, train_loss (the reconstruction part),
     val_loss, cluster_loss, and `temperature` (abo) or `labels_changed` (dec, NaN before the
     second refresh). Raises DivergedError on a NaN/inf loss.
+
+    A plain MLP (MLPStep.for_model) steps with closed-form gradients, anything else with autograd;
+    `closed_form=False` forces autograd (tests and bench/bench_stages.py compare the two).
     """
     device = x_train.device
     model.train()
@@ -133,6 +191,8 @@ def finetune(
     head: nn.Module = ABONet(c0) if stage.kind == "abo" else ClusteringLayer(c0)
     head.to(device)
     opt, flat = make_optimizer(nn.ModuleDict({"autoencoder": model, "head": head}), stage.lr, 0.0)
+    # after make_optimizer: the step holds views of the flat gradient buffer
+    fast = MLPStep.for_model(model) if closed_form else None
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed + 1)  # a stream of its own: pre-training's shuffles stay as they were
     history: list[dict[str, float]] = []
@@ -154,6 +214,21 @@ def finetune(
             "prev_labels": None if prev_labels is None else prev_labels.clone(),
         }
 
+    def code_grad(temperature: float | None, p: torch.Tensor | None):
+        """MLPStep's hook for this batch: the clustering term's loss and gamma * dL/dz, the
+        centres' gradient written into their view of the flat buffer (every gradient is written,
+        none accumulated: the fast step never zeroes the buffer)."""
+
+        def hook(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if stage.kind == "abo":
+                loss, dz, dc = abo_closed_form(z, head.centers, temperature, stage.gamma)
+            else:
+                loss, dz, dc = idec_closed_form(z, head, p, stage.gamma)
+            head.centers.grad.copy_(dc)
+            return loss, dz
+
+        return hook
+
     n, bs = len(x_train), stage.batch_size
     stopped = False
     for e in range(len(history), stage.epochs):
@@ -173,14 +248,18 @@ def finetune(
                 prev_labels, target = labels, target_distribution(q_all)
             index = order[start : start + bs]
             xb = x_train[index]
-            z = model.encode(xb)
-            recon = nn.functional.mse_loss(model.decode(z), xb)
-            if stage.kind == "abo":
-                clustering = abo_loss(z, head.centers, temperature)
+            if fast is not None:
+                p = None if target is None else target[index]
+                recon, clustering = fast.joint(xb, code_grad(temperature, p))
             else:
-                clustering = kl_divergence(target[index], head(z))
-            flat.grad.zero_()
-            (recon + stage.gamma * clustering).backward()
+                z = model.encode(xb)
+                recon = nn.functional.mse_loss(model.decode(z), xb)
+                if stage.kind == "abo":
+                    clustering = abo_loss(z, head.centers, temperature)
+                else:
+                    clustering = kl_divergence(target[index], head(z))
+                flat.grad.zero_()
+                (recon + stage.gamma * clustering).backward()
             adam_step(opt, flat)
             sums += torch.stack([recon.detach(), clustering.detach()]) * len(index)
             seen += len(index)
