@@ -306,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         check_tracking_uri(args.mlflow_uri or default_tracking_uri())
         s = check_args(args)
         dataset = load_dataset(s.dataset, s.data_dir, val_fraction=s.val_fraction, seed=s.seed)
-        s = s.for_dataset(dataset.name)
+        if not s.resume:  # a resumed search keeps the space it was started with
+            s = s.for_dataset(dataset.name)
         depth = _max_conv_depth(s.space)
         h, w = dataset.image_shape
         if h % 2**depth or w % 2**depth:
