@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_MLP
 from sklearn.metrics import normalized_mutual_info_score, silhouette_score
 
 from tune import names as N
@@ -21,28 +22,14 @@ from tune.data import load_dataset
 from tune.reduction import apply_reduction, fit_reduction
 from tune.trial import ARTIFACTS, CLUSTERERS_FILE, REDUCTION_FILE, run_trial
 
+# The harness's small MLP, wider, with a PCA stage that projects (pca_dim < latent_dim).
 CONFIG = {
-    "arch": "mlp",
-    "mlp_depth": 1,
+    **SMALL_MLP,
     "mlp_width_1": 32,
-    "mlp_activation": "relu",
-    "mlp_batch_norm": False,
     "latent_dim": 8,
-    "dropout": 0.0,
-    "lr": 0.003,
-    "weight_decay": 0.0,
-    "batch_size": 32,
-    "epochs": 3,
-    "finetune": "none",
     "reduction": "pca",
     "pca_dim": 3,
-    "n_clusters": 10,
-    "abo_lr": 0.1,
     "abo_epochs": 5,
-    "abo_batch_size": 64,
-    "abo_temperature": 1.0,
-    "abo_init": "farthest",
-    "kmeans_n_init": 2,
     "seed": 0,
 }
 
