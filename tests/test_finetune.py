@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_MLP
 
 from models.abo import ABONet
 from models.dec import ClusteringLayer
@@ -126,30 +127,17 @@ def test_dec_stops_early_when_few_labels_change():
     assert history[-1]["labels_changed"] < 0.01
 
 
+# The harness's small MLP, wider, with dropout and a fine-tuning stage (FT picks the recipe).
 DIGITS_CONFIG = {
-    "arch": "mlp",
-    "mlp_depth": 1,
+    **SMALL_MLP,
     "mlp_width_1": 32,
-    "mlp_activation": "relu",
-    "mlp_batch_norm": False,
     "latent_dim": 8,
     "dropout": 0.1,  # dropout: the global RNG must be part of the resumed state
-    "lr": 0.003,
-    "weight_decay": 0.0,
-    "batch_size": 32,
-    "epochs": 3,
     "finetune_epochs": 6,
     "finetune_lr": 1e-3,
     "finetune_batch_size": 64,
     "finetune_gamma": 0.1,
-    "reduction": "none",
-    "n_clusters": 10,
-    "abo_lr": 0.1,
-    "abo_epochs": 3,
-    "abo_batch_size": 64,
-    "abo_temperature": 1.0,
     "abo_init": "k-means++",
-    "kmeans_n_init": 2,
     "seed": 0,
 }
 FT = {
