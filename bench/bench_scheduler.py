@@ -25,6 +25,11 @@ minutes) to bench/scheduler_hypervolume.png.
     .venv/bin/python bench/bench_scheduler.py --quick    # digits, 8 short trials: a check
     .venv/bin/python bench/bench_scheduler.py --space mlp --num-samples 30 --seed 1
     .venv/bin/python bench/bench_scheduler.py --from DIR_FIFO DIR_MOASHA   # analyse, run nothing
+    .venv/bin/python bench/bench_scheduler.py --fifo-from DIR_FIFO --grace-period 3 \
+        --mo-asha-samples 40     # mo-asha only, against an earlier run's FIFO search
+
+At equal time the comparison is fair only if mo-asha has trials left to run: the trials it stops
+early free the time FIFO spends finishing its own, so give it more with --mo-asha-samples.
 
 The temporary directories are kept and printed: `--from` re-analyses (and re-plots) two experiment
 directories (TMP/ray/bench-fifo, TMP/ray/bench-mo-asha) without running anything. The run writes
@@ -289,17 +294,22 @@ def run_search(scheduler: str, args: argparse.Namespace) -> Path:
     from tune.provenance import git_commit
 
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-scheduler-{scheduler}-"))
+    samples = args.num_samples
+    if scheduler == "mo-asha" and args.mo_asha_samples:
+        samples = args.mo_asha_samples
     name = f"bench-{scheduler}"
     tracking_uri = f"sqlite:///{tmp}/mlflow.db"
     cmd = [
         sys.executable,
         str(ROOT / "tune" / "search.py"),
         *("--space", space_arg(args.space), "--dataset", args.dataset),
-        *("--num-samples", str(args.num_samples), "--seed", str(args.seed)),
+        *("--num-samples", str(samples), "--seed", str(args.seed)),
         *("--scheduler", scheduler, "--max-concurrent", str(args.max_concurrent)),
         *("--cpus-per-trial", "1", "--storage-path", str(tmp / "ray")),
         *("--mlflow-uri", tracking_uri, "--name", name),
     ]
+    if scheduler == "mo-asha":
+        cmd += ["--grace-period", str(args.grace_period)]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     log = tmp / "search.out"
@@ -533,6 +543,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", help="dataset (default: fashion-mnist; --quick: digits)")
     p.add_argument("--data-dir", help="passed to the search as --data-dir")
     p.add_argument("--num-samples", type=int, help="trials per search (default 20; --quick: 8)")
+    p.add_argument(
+        "--mo-asha-samples",
+        type=int,
+        help="mo-asha's trials (default: --num-samples): stopping early leaves it time for more",
+    )
+    p.add_argument(
+        "--grace-period", type=int, default=1, help="mo-asha's --grace-period (first rung epoch)"
+    )
+    p.add_argument(
+        "--fifo-from",
+        type=Path,
+        metavar="DIR_FIFO",
+        help="take FIFO's search from this experiment directory (an earlier run of this script) "
+        "and run mo-asha only",
+    )
     p.add_argument("--max-concurrent", type=int, default=2, help="trials at once (1 CPU each)")
     p.add_argument("--seed", type=int, default=0, help="the searches' --seed")
     p.add_argument(
@@ -560,6 +585,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.from_dirs:
         case = "from existing searches"
         dirs = args.from_dirs
+    elif args.fifo_from:
+        dirs = [args.fifo_from, run_search("mo-asha", args)]
     else:
         dirs = [run_search(s, args) for s in SCHEDULERS]  # one after the other, never together
     comparison = compare(read_search("fifo", dirs[0]), read_search("mo-asha", dirs[1]))

@@ -175,6 +175,7 @@ BAD_INPUT = {
     ),
     "CLI: out of range": (lambda t: ["--val-fraction", "1.5"], ["--val-fraction", "[0, 1)", "1.5"]),
     "CLI: negative retries": (lambda t: ["--max-failures", "-1"], ["--max-failures", ">= 0"]),
+    "CLI: no grace": (lambda t: ["--grace-period", "0"], ["--grace-period", ">= 1", "got 0"]),
     "missing dataset directory": (
         lambda t: ["--dataset", str(t / "no-such-dir")],
         ["no-such-dir", "no such directory"],

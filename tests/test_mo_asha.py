@@ -402,6 +402,7 @@ def test_a_real_mo_asha_search_stops_trials_and_keeps_them_off_the_front(tmp_pat
     space = write_space(tmp_path / "space.yaml", SAMPLED, [("good", GOOD), ("weak", WEAK)])
     uri = f"sqlite:///{tmp_path}/m.db"
     args = ["--smoke", "--space", str(space), "--scheduler", "mo-asha", "--num-samples", "4"]
+    args += ["--grace-period", "1"]
     args += ["--max-concurrent", "1", "--storage-path", str(tmp_path / "ray"), "--name", "mo"]
     args += ["--mlflow-uri", uri, "--experiment", "mo-asha"]
     out = run_search(*args)
@@ -421,6 +422,7 @@ def test_a_real_mo_asha_search_stops_trials_and_keeps_them_off_the_front(tmp_pat
     client = MlflowClient(uri)
     parent, kids = search_runs(uri, "mo", experiment="mo-asha")
     assert len(kids) == 4
+    assert parent.data.params["grace_period"] == "1"
     points = {
         name: next(k for k in kids if all(k.data.params[p] == str(v) for p, v in cfg.items()))
         for name, cfg in (("good", GOOD), ("weak", WEAK))

@@ -154,7 +154,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("fifo", "asha", "mo-asha"),
         default="fifo",
         help="asha stops trials early on validation reconstruction loss; mo-asha on both "
-        "objectives, ranked at epochs 1, 3, 9, ... (the space's points are never stopped)",
+        "objectives, ranked at epochs g, 3g, 9g, ... (the space's points are never stopped)",
+    )
+    p.add_argument(
+        "--grace-period",
+        type=int,
+        default=1,
+        metavar="G",
+        help="asha and mo-asha: the first epoch at which a trial can be stopped (rungs at G, 3G, "
+        "9G, ...); 1 is Ray's ASHA default",
     )
     p.add_argument(
         "--weights",
@@ -251,6 +259,8 @@ def check_args(args: argparse.Namespace) -> Settings:
         raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if min(args.weights) < 0 or max(args.weights) <= 0 or not all(map(math.isfinite, args.weights)):
         raise UsageError(f"--weights must be >= 0 and not all 0, got {list(args.weights)}")
+    if args.grace_period < 1:
+        raise UsageError(f"--grace-period must be >= 1, got {args.grace_period}")
     if args.max_failures < 0:
         raise UsageError(f"--max-failures must be >= 0, got {args.max_failures}")
     if args.resume and not args.name:
@@ -287,6 +297,7 @@ def check_args(args: argparse.Namespace) -> Settings:
 SETTINGS_FILE = "clustertune.json"
 RESUMED_SETTINGS = (
     "scheduler",  # Tune restores its scheduler; the trainable must report what that one reads
+    "grace_period",
     "num_samples",  # Tune restores its own; ours says how many were asked
     "space",
     "dataset",
@@ -544,6 +555,7 @@ def open_tracking(s: Settings, dataset) -> Tracking:
             "num_samples": s.num_samples,
             "seed": s.seed,
             "scheduler": s.scheduler,
+            "grace_period": s.grace_period,
             "cpus_per_trial": s.cpus_per_trial,
             "gpus_per_trial": s.gpus_per_trial,
             "max_concurrent": s.max_concurrent,
@@ -797,7 +809,7 @@ def make_tuner(s: Settings, dataset, logger, journal: Path):
     resources = {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial}
     progress = ProgressPrinter(s.num_samples)
     # Only mo-asha reads rung values: other searches do not pay for measuring them.
-    rungs = rung_epochs() if s.scheduler == "mo-asha" else ()
+    rungs = rung_epochs(s.grace_period) if s.scheduler == "mo-asha" else ()
     fn = tune.with_resources(tune.with_parameters(trainable, data=dataset, rungs=rungs), resources)
     if s.resume:
         tuner = tune.Tuner.restore(s.experiment_dir, trainable=fn, resume_errored=True)
@@ -816,12 +828,12 @@ def make_tuner(s: Settings, dataset, logger, journal: Path):
         searcher = make_searcher(s.space, s.seed, journal, s.name)
         callbacks = [CSVLoggerCallback(), JsonLoggerCallback(), logger, progress]
         if s.scheduler == "mo-asha":
-            scheduler = MOASHAScheduler(points=s.space.points)
+            scheduler = MOASHAScheduler(points=s.space.points, grace_period=s.grace_period)
             # first: on resume the restored callbacks keep their order, the logger is swapped
             callbacks.insert(0, SchedulerState(scheduler))
         elif s.scheduler == "asha":
             scheduler = ASHAScheduler(
-                metric=N.VAL_LOSS, mode="min", time_attr=N.EPOCH, grace_period=1
+                metric=N.VAL_LOSS, mode="min", time_attr=N.EPOCH, grace_period=s.grace_period
             )
         else:
             scheduler = FIFOScheduler()
