@@ -32,6 +32,19 @@ def test_student_t_assignment_on_a_hand_made_case():
     assert q[0].tolist() == pytest.approx([26 / 27, 1 / 27])
 
 
+def test_the_refresh_assignment_is_the_layers_up_to_rounding():
+    """IDEC's refresh computes q for every training code with a matrix product; the training
+    step with the layer's own differences. Same q, also for a code sitting on a centre."""
+    g = torch.Generator().manual_seed(0)
+    layer = ClusteringLayer(torch.randn(10, 64, generator=g) * 3)
+    z = torch.cat([torch.randn(5000, 64, generator=g) * 3, layer.centers.detach()[:2]])
+    fast = layer.soft_assignment(z)
+    assert not fast.requires_grad and fast.shape == (5002, 10)
+    torch.testing.assert_close(fast, layer(z).detach(), rtol=1e-4, atol=1e-6)
+    assert (fast.argmax(1) == layer(z).argmax(1)).all()
+    assert fast[-2:].argmax(1).tolist() == [0, 1]
+
+
 def test_idec_target_distribution_and_kl_on_a_hand_made_case():
     q = torch.tensor([[0.8, 0.2], [0.4, 0.6]], dtype=torch.float64)
     p = target_distribution(q)

@@ -39,7 +39,6 @@ from models.dec import ClusteringLayer
 from tune.config import Clustering, Finetune
 from tune.mlp_step import MLPStep
 from tune.training import (
-    EVAL_BATCH,
     DivergedError,
     adam_step,
     embed,
@@ -154,11 +153,7 @@ def initial_centers(
 @torch.no_grad()
 def soft_assignment(model: nn.Module, head: ClusteringLayer, x: torch.Tensor) -> torch.Tensor:
     """q [N, k] of every image in x [N, 1, H, W], the encoder in eval mode (dropout off)."""
-    z = embed(model, x)  # [N, d]
-    # In slices: all N codes' [N, k, d] differences at once fall out of cache (4x slower on a CPU,
-    # ~1/3 of a refresh); each row's q is computed alone, so the result is the same to the bit.
-    parts = [head(z[s : s + EVAL_BATCH]) for s in range(0, max(len(z), 1), EVAL_BATCH)]
-    return torch.cat(parts)
+    return head.soft_assignment(embed(model, x))  # [N, d] codes -> [N, k]
 
 
 def finetune(
