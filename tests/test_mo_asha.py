@@ -23,13 +23,14 @@ from conftest import (
     wait_for,
 )
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 
 from mlflow import MlflowClient
 from models.build import build_autoencoder
 from tune import names as N
 from tune import ray_private
-from tune.config import TrialConfig
+from tune.config import Reduction, TrialConfig
 from tune.data import load_dataset
 from tune.mo_asha import (
     MOASHAScheduler,
@@ -297,6 +298,17 @@ def test_the_rung_silhouette_is_the_exact_silhouette_of_the_subsample():
     assert got[0][N.RUNG_SILHOUETTE] == pytest.approx(exact, abs=1e-6)
     assert got[0][N.RUNG_RECON_LOSS] == 0.25
     assert model.training  # embedding for the rung left the model in training mode
+
+    # with the trial's reduction: the codes go through it (fitted on the subsample) first
+    pca = Reduction("pca", pca_dim=2)
+    got.clear()
+    with_rung_values(lambda r, s: got.append(r), frozenset({3}), model, x, 10, 7, pca)(record, dict)
+    reduced = PCA(n_components=2, svd_solver="full").fit_transform(codes).astype(np.float32)
+    exact = silhouette_score(reduced.astype(np.float64), rung_labels(reduced, 10, 7))
+    assert got[0][N.RUNG_SILHOUETTE] == pytest.approx(exact, abs=1e-6)
+    assert got[0][N.RUNG_SILHOUETTE] != pytest.approx(
+        silhouette_score(codes, rung_labels(codes, 10, 7))
+    )
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,13 @@
 The scheduler (tune/mo_asha.py) ranks trials at a few epochs on the two objectives, but the real
 silhouette needs the whole pipeline (fine-tuning, reduction, both clusterers, every point of the
 split). At a rung the trial measures a proxy instead: KMeans with the trial's n_clusters (seeded,
-few inits) on the latent codes of a fixed, seeded subsample of the objective split, scored with
-the exact silhouette on that subsample; and the validation loss it reports every epoch anyway.
-Every trial of a search has the same seed, so every trial is measured on the same points.
+few inits) on the codes of a fixed, seeded subsample of the objective split, taken through the
+trial's own reduction (PCA or UMAP, fitted on that subsample) as its clusterers will see them,
+scored with the exact silhouette on that subsample; and the validation loss it reports every
+epoch anyway. Every trial of a search has the same seed, so every trial is measured on the same
+points. The reduction is part of the proxy because a UMAP stage multiplies the silhouette
+(bench/RESULTS.md gives both for every trial): measured in the latent space, the proxy would rank
+a UMAP trial by a number its final score has little to do with.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
 from tune import names as N
+from tune.config import Reduction
 from tune.metrics import silhouette_scores
+from tune.reduction import apply_reduction, fit_reduction
 from tune.training import embed
 
 # Points of the subsample: the exact silhouette is O(n^2), and a few thousand points rank trials
@@ -62,10 +68,14 @@ def rung_values(
     val_loss: float,
     n_clusters: int,
     seed: int,
+    reduction: Reduction | None = None,
 ) -> dict[str, float]:
     """Both rung objectives (names.RUNG_OBJECTIVES) of `model` as it is now; `x_sample` holds the
-    subsample's images, `val_loss` the epoch's validation loss. Leaves the model's mode alone."""
+    subsample's images, `val_loss` the epoch's validation loss, `reduction` the trial's (fitted
+    here on the subsample's codes). Leaves the model's mode alone."""
     codes = embed(model, x_sample).cpu().numpy()
+    if reduction is not None and np.isfinite(codes).all():
+        codes = apply_reduction(fit_reduction(reduction, seed, codes), codes)
     return {
         N.RUNG_SILHOUETTE: rung_silhouette(codes, n_clusters, seed, device=x_sample.device),
         N.RUNG_RECON_LOSS: float(val_loss),
@@ -82,6 +92,7 @@ def with_rung_values(
     x_split: torch.Tensor,
     n_clusters: int,
     seed: int,
+    reduction: Reduction | None = None,
 ) -> OnEpoch:
     """`on_epoch` whose record, at an epoch in `rungs`, also carries the rung values (a copy: the
     training history keeps its own records)."""
@@ -89,7 +100,7 @@ def with_rung_values(
 
     def measured(record: dict[str, float], state: Callable[[], dict]) -> None:
         if record["epoch"] in rungs:
-            values = rung_values(model, x_sample, record["val_loss"], n_clusters, seed)
+            values = rung_values(model, x_sample, record["val_loss"], n_clusters, seed, reduction)
             record = {**record, **values}
         on_epoch(record, state)
 

@@ -152,7 +152,9 @@ def run_trial(
     if rungs and on_epoch is not None:  # measured on the split the objectives come from
         split = x["val"] if x_val is not None else x["train"]
         n_clusters = cfg.clustering.n_clusters
-        on_epoch = with_rung_values(on_epoch, frozenset(rungs), model, split, n_clusters, seed)
+        on_epoch = with_rung_values(
+            on_epoch, frozenset(rungs), model, split, n_clusters, seed, cfg.reduction
+        )
     result: dict[str, Any] = {
         N.NODE: _node_id(),
         "hostname": socket.gethostname(),
