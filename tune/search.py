@@ -154,7 +154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("fifo", "asha", "mo-asha"),
         default="fifo",
         help="asha stops trials early on validation reconstruction loss; mo-asha on both "
-        "objectives, ranked at epochs g, 3g, 9g, ... (the space's points are never stopped)",
+        "objectives, ranked at epochs G, 3G, 9G, ... of --grace-period (the space's points are "
+        "never stopped)",
     )
     p.add_argument(
         "--grace-period",
