@@ -25,7 +25,7 @@ minutes) to bench/scheduler_hypervolume.png.
     .venv/bin/python bench/bench_scheduler.py --quick    # digits, 8 short trials: a check
     .venv/bin/python bench/bench_scheduler.py --space mlp --num-samples 30 --seed 1
     .venv/bin/python bench/bench_scheduler.py --from DIR_FIFO DIR_MOASHA   # analyse, run nothing
-    .venv/bin/python bench/bench_scheduler.py --fifo-from DIR_FIFO --grace-period 3 \
+    .venv/bin/python bench/bench_scheduler.py --fifo-from DIR_FIFO --grace-period 1 \
         --mo-asha-samples 40     # mo-asha only, against an earlier run's FIFO search
 
 At equal time the comparison is fair only if mo-asha has trials left to run: the trials it stops
@@ -308,7 +308,7 @@ def run_search(scheduler: str, args: argparse.Namespace) -> Path:
         *("--cpus-per-trial", "1", "--storage-path", str(tmp / "ray")),
         *("--mlflow-uri", tracking_uri, "--name", name),
     ]
-    if scheduler == "mo-asha":
+    if scheduler == "mo-asha" and args.grace_period is not None:
         cmd += ["--grace-period", str(args.grace_period)]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
@@ -549,7 +549,10 @@ def main(argv: list[str] | None = None) -> None:
         help="mo-asha's trials (default: --num-samples): stopping early leaves it time for more",
     )
     p.add_argument(
-        "--grace-period", type=int, default=1, help="mo-asha's --grace-period (first rung epoch)"
+        "--grace-period",
+        type=int,
+        default=None,
+        help="mo-asha's --grace-period (first rung epoch; default: the space's, else 1)",
     )
     p.add_argument(
         "--fifo-from",

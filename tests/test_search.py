@@ -271,6 +271,14 @@ def test_the_default_space_on_digits_is_digits_yaml(tmp_path):
     assert (digits.space.path.name, digits.num_samples, digits.name) == ("digits.yaml", 20, s.name)
     assert settings("--space", "seeds").for_dataset("digits").num_samples == 2
     assert settings("--smoke").for_dataset("digits").space.path.name == "smoke.yaml"
+    # The scheduler and grace period: the command's, else the space's (after the hand-over).
+    assert (s.scheduler, s.grace_period, digits.scheduler, digits.grace_period) == (
+        "mo-asha", 3, "fifo", 1,
+    )  # fmt: skip
+    fifo = settings("--scheduler", "fifo")
+    assert (fifo.scheduler, fifo.grace_period) == ("fifo", 3)
+    asha = settings("--scheduler", "asha", "--grace-period", "2").for_dataset("digits")
+    assert (asha.scheduler, asha.grace_period) == ("asha", 2)
 
 
 def test_artifacts_live_beside_the_sqlite_store(smoke_search):

@@ -607,6 +607,40 @@ def test_dataset_spaces(tmp_path: Path) -> None:
         load_space(write(tmp_path, {**minimal_space(), "dataset_spaces": {"digits": "mid.yaml"}}))
 
 
+def test_a_space_names_its_scheduler(tmp_path: Path) -> None:
+    assert (load_space("default").scheduler, load_space("default").grace_period) == ("mo-asha", 3)
+    assert (load_space("digits").scheduler, load_space("smoke").scheduler) == ("fifo", "fifo")
+    space = load_space(write(tmp_path, {**minimal_space(), "scheduler": {"name": "asha"}}))
+    assert (space.scheduler, space.grace_period) == ("asha", 1)
+    assert load_space(write(tmp_path, minimal_space())).scheduler == "fifo"
+    cases = [
+        ({"name": "hyperband"}, "scheduler.name", "is not one of fifo, asha, mo-asha"),
+        ({"grace_period": 3}, "scheduler", "expected a mapping with a name"),
+        ("mo-asha", "scheduler", "expected a mapping with a name"),
+        (
+            {"name": "asha", "grace": 3},
+            "scheduler.grace",
+            "unknown key (known: name, grace_period)",
+        ),
+        ({"name": "fifo", "grace_period": 3}, "scheduler.grace_period", "fifo stops no trial"),
+        (
+            {"name": "mo-asha", "grace_period": 0},
+            "scheduler.grace_period",
+            "an int >= 1, got int 0",
+        ),
+        (
+            {"name": "asha", "grace_period": 1.5},
+            "scheduler.grace_period",
+            "an int >= 1, got float 1.5",
+        ),
+    ]
+    for value, key, reason in cases:
+        with pytest.raises(SpaceError) as info:
+            load_space(write(tmp_path, {**minimal_space(), "scheduler": value}))
+        assert (info.value.key, info.value.source) == (key, str(tmp_path / "s.yaml"))
+        assert reason in info.value.reason, info.value.reason
+
+
 def test_points_files_and_references(tmp_path: Path) -> None:
     write(tmp_path, {"description": "pts", "points": [POINT]}, "pts.yaml")
     pts = load_space(tmp_path / "pts.yaml")

@@ -42,13 +42,17 @@ SILHOUETTE = "val/silhouette"
 RECON_LOSS = VAL_LOSS
 OBJECTIVES: dict[str, str] = {SILHOUETTE: "max", RECON_LOSS: "min"}
 
+# Ray Tune schedulers a search can run (`--scheduler`, or a space's top-level `scheduler`).
+SCHEDULERS = ("fifo", "asha", "mo-asha")
+
 # Intermediate values of both objectives at the rung epochs of `--scheduler mo-asha`
 # (tune/mo_asha.py), in the per-epoch result of a rung epoch (and in the final result when the
 # last epoch is a rung).
-# RUNG_SILHOUETTE is KMeans (the trial's n_clusters, seeded, few inits) on the latent codes of a
-# fixed, seeded subsample of the validation split, scored with the exact silhouette on that
-# subsample: a cheap proxy measured before fine-tuning's end and before any reduction, so it is
-# never compared with SILHOUETTE. RUNG_RECON_LOSS is VAL_LOSS at that epoch (the whole split).
+# RUNG_SILHOUETTE is KMeans (the trial's n_clusters, seeded, few inits) on a fixed, seeded
+# subsample of the validation split's codes, after the trial's own reduction fitted on that
+# subsample, scored with the exact silhouette on it: a cheap proxy measured before fine-tuning's
+# end, so it is never compared with SILHOUETTE. RUNG_RECON_LOSS is VAL_LOSS at that epoch (the
+# whole split).
 RUNG_SILHOUETTE = "rung/silhouette"
 RUNG_RECON_LOSS = "rung/recon_loss"
 RUNG_OBJECTIVES: dict[str, str] = {RUNG_SILHOUETTE: "max", RUNG_RECON_LOSS: "min"}

@@ -151,19 +151,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial")
     p.add_argument(
         "--scheduler",
-        choices=("fifo", "asha", "mo-asha"),
-        default="fifo",
+        choices=N.SCHEDULERS,
+        default=None,
         help="asha stops trials early on validation reconstruction loss; mo-asha on both "
         "objectives, ranked at epochs G, 3G, 9G, ... of --grace-period (the space's points are "
-        "never stopped)",
+        "never stopped). Default: the space's `scheduler` (default.yaml: mo-asha, grace 3), "
+        "else fifo",
     )
     p.add_argument(
         "--grace-period",
         type=int,
-        default=1,
+        default=None,
         metavar="G",
         help="asha and mo-asha: the first epoch at which a trial can be stopped (rungs at G, 3G, "
-        "9G, ...); 1 is Ray's ASHA default",
+        "9G, ...). Default: the space's, else 1 (Ray's ASHA default)",
     )
     p.add_argument(
         "--weights",
@@ -213,6 +214,8 @@ class Settings:
     name: str
     storage: str  # Tune's storage_path: an absolute local path or a URI
     experiment_dir: str
+    scheduler: str  # --scheduler, else the space's
+    grace_period: int  # --grace-period, else the space's
 
     def __getattr__(self, key: str):  # s.seed, s.weights, ...: the parsed value
         return getattr(self.__dict__["args"], key)
@@ -223,7 +226,20 @@ class Settings:
         space = self.space.for_dataset(name)
         if space is self.space:
             return self
-        return replace(self, space=space, num_samples=num_samples(self.args, space))
+        return replace(
+            self,
+            space=space,
+            num_samples=num_samples(self.args, space),
+            **schedule(self.args, space),
+        )
+
+
+def schedule(args: argparse.Namespace, space: SearchSpace) -> dict[str, str | int]:
+    """Settings' scheduler and grace period: the command's, else the space's."""
+    return {
+        "scheduler": args.scheduler or space.scheduler,
+        "grace_period": args.grace_period or space.grace_period,
+    }
 
 
 def num_samples(args: argparse.Namespace, space: SearchSpace) -> int:
@@ -260,7 +276,7 @@ def check_args(args: argparse.Namespace) -> Settings:
         raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if min(args.weights) < 0 or max(args.weights) <= 0 or not all(map(math.isfinite, args.weights)):
         raise UsageError(f"--weights must be >= 0 and not all 0, got {list(args.weights)}")
-    if args.grace_period < 1:
+    if args.grace_period is not None and args.grace_period < 1:
         raise UsageError(f"--grace-period must be >= 1, got {args.grace_period}")
     if args.max_failures < 0:
         raise UsageError(f"--max-failures must be >= 0, got {args.max_failures}")
@@ -290,7 +306,9 @@ def check_args(args: argparse.Namespace) -> Settings:
     name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
     storage, experiment_dir = storage_location(args.storage_path, name)
     tracking_uri = args.mlflow_uri or default_tracking_uri()
-    return Settings(args, space, n, tracking_uri, name, storage, experiment_dir)
+    return Settings(
+        args, space, n, tracking_uri, name, storage, experiment_dir, **schedule(args, space)
+    )
 
 
 # In the experiment directory: what a search was started with that --resume must reuse (Tune

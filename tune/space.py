@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 
 from models.abo import INITS as ABO_INITS
+from tune import names as N
 
 if TYPE_CHECKING:  # optuna is only needed by the caller that owns the study
     import optuna
@@ -403,6 +404,10 @@ class SearchSpace:
     points_only: bool = False
     # data set name -> the space to search instead on it (top-level `dataset_spaces`)
     dataset_spaces: dict[str, Path] = field(default_factory=dict)
+    # The Ray Tune scheduler that suits this space's budgets (top-level `scheduler`); the
+    # command's --scheduler and --grace-period override it.
+    scheduler: str = "fifo"
+    grace_period: int = 1
 
     def for_dataset(self, name: str) -> SearchSpace:
         """The space to search on data set `name`: the file `dataset_spaces` names for it (a space
@@ -528,7 +533,14 @@ _Loader.add_implicit_resolver(
     list("-+0123456789"),
 )
 
-_TOP_KEYS = ("description", "parameters", "points_to_evaluate", "points", "dataset_spaces")
+_TOP_KEYS = (
+    "description",
+    "parameters",
+    "points_to_evaluate",
+    "points",
+    "dataset_spaces",
+    "scheduler",
+)
 # Data sets a space may hand over to another file (tune/data.py's names; `auto` resolves to one).
 _DATASET_NAMES = ("mnist", "fashion-mnist", "digits")
 _FIELDS = {
@@ -635,7 +647,34 @@ def _load(path: Path, stack: tuple[Path, ...]) -> SearchSpace:
         point_names=[name for name, _ in named],
         points_only=points_only,
         dataset_spaces=_parse_dataset_spaces(path, raw.get("dataset_spaces"), stack),
+        **_parse_scheduler(shown, raw.get("scheduler")),
     )
+
+
+def _parse_scheduler(shown: str, raw: Any) -> dict[str, Any]:
+    """`scheduler: {name: mo-asha, grace_period: 3}` -> SearchSpace's scheduler fields."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping) or "name" not in raw:
+        raise SpaceError(shown, "scheduler", "expected a mapping with a name (and grace_period)")
+    for key in raw:
+        if key not in ("name", "grace_period"):
+            raise SpaceError(shown, f"scheduler.{key}", "unknown key (known: name, grace_period)")
+    name = raw["name"]
+    if name not in N.SCHEDULERS:
+        raise SpaceError(
+            shown, "scheduler.name", f"{_show(name)} is not one of {', '.join(N.SCHEDULERS)}"
+        )
+    if "grace_period" not in raw:
+        return {"scheduler": name}
+    grace = raw["grace_period"]
+    if name == "fifo":
+        raise SpaceError(shown, "scheduler.grace_period", "fifo stops no trial early")
+    if isinstance(grace, bool) or not isinstance(grace, int) or grace < 1:
+        raise SpaceError(
+            shown, "scheduler.grace_period", f"expected an int >= 1, got {_show(grace)}"
+        )
+    return {"scheduler": name, "grace_period": grace}
 
 
 def _parse_dataset_spaces(path: Path, raw: Any, stack: tuple[Path, ...]) -> dict[str, Path]:
