@@ -47,6 +47,15 @@ def test_one_line_per_trial_with_progress_status_and_front():
     assert "ETA 0s" in lines[3]
 
 
+def test_a_stopped_trial_shows_its_rung_values_apart_from_the_final_ones():
+    out = io.StringIO()
+    stopped = {N.EPOCH: 3, N.RECON_LOSS: 0.0128, N.RUNG_SILHOUETTE: 0.3124}
+    line = ProgressPrinter(total=2, out=out).report("s", CONV, stopped)
+    assert line.endswith(
+        "| silhouette   -    loss 0.01280 | stopped at epoch 3 (rung silhouette 0.312)"
+    )
+
+
 class FakeTrial:
     def __init__(self, trial_id, config, status="RUNNING", last_result=None):
         self.trial_id, self.config, self.status = trial_id, config, status

@@ -117,6 +117,11 @@ class _SayHandler(logging.Handler):
             self.handleError(record)
 
 
+def _number(x: float, digits: int) -> str:
+    """x with `digits` decimals, or a dash as wide (no such value: a trial stopped early)."""
+    return f"{x:.{digits}f}" if math.isfinite(x) else "-".center(digits + 2)
+
+
 def say(text: str = "", err: bool = False) -> None:
     """A line for the user: to the terminal (and the log while a ConsoleLog is active)."""
     if _ACTIVE is not None:
@@ -167,10 +172,15 @@ class ProgressPrinter(tune.Callback):
         self.done_here += 1
         done = self.done_here if done is None else done
         status = result.get(N.STATUS, N.Status.INCOMPLETE)
-        if not N.is_final(result) and result.get(N.EPOCH):  # stopped by the scheduler or budget
-            status = f"{N.Status.STOPPED} at epoch {int(result[N.EPOCH])}"
         sil = float(result.get(N.SILHOUETTE, math.nan))
         loss = float(result.get(N.RECON_LOSS, math.nan))
+        if not N.is_final(result) and result.get(N.EPOCH):  # stopped by the scheduler or budget
+            status = f"{N.Status.STOPPED} at epoch {int(result[N.EPOCH])}"
+            # Its loss is the epoch's validation loss; its only silhouette is the rung's proxy
+            # (a subsample, before fine-tuning ends), shown apart from the final metric's column.
+            rung = float(result.get(N.RUNG_SILHOUETTE, math.nan))
+            if math.isfinite(rung):
+                status += f" (rung silhouette {rung:.3f})"
         note = ""
         if status == N.Status.OK and math.isfinite(sil) and math.isfinite(loss):
             front = [
@@ -186,7 +196,7 @@ class ProgressPrinter(tune.Callback):
         line = (
             f"[{done:>{len(str(self.total))}}/{self.total} {'#' * filled}{'.' * (BAR - filled)}]"
             f" {clock(elapsed)}, ETA {clock(left)} | {trial_id} {describe(config):<26}"
-            f" | silhouette {sil:.3f}  loss {loss:.5f} | {status}{note}"
+            f" | silhouette {_number(sil, 3)}  loss {_number(loss, 5)} | {status}{note}"
         )
         if self.out is not None:
             print(line, file=self.out, flush=True)
