@@ -1,9 +1,10 @@
 """What the clustering stages buy and cost: fine-tuning (abo, dec) and reduction (PCA, UMAP).
 
     .venv/bin/python bench/bench_stages.py [--dataset fashion-mnist|digits] [--only table cost]
-        [--no-write]
+        [--threads N] [--no-write]
 
-Run on demand, never as a timed test. Appends a dated section to bench/RESULTS.md.
+Run on demand, never as a timed test. Appends a dated section to bench/RESULTS.md. Torch runs
+one thread unless --threads says otherwise, as a trial of the default search does (1 CPU each).
 
   table  The stages against the published anchors on the data we have, same split and seed,
          one run each: the two documents' configurations (search_spaces/seeds.yaml), then one
@@ -16,9 +17,9 @@ Run on demand, never as a timed test. Appends a dated section to bench/RESULTS.m
          (reported only, never used to select), and the stage seconds. The published MNIST
          figures (NOTES.md section 6) are quoted beside them for scale, not re-run.
   cost   Seconds per epoch of the fine-tuning stage against a pre-training epoch of the same
-         network at the same batch size, measured in one process one after the other (target:
-         at most 1.5x), for the first document's MLP and the second's conv network; for dec also
-         the part of it spent refreshing the target, and for the MLP the same stage forced onto
+         network at the same batch size, measured in one process with their epochs interleaved
+         (target: at most 1.5x), for the first document's MLP and the second's conv network;
+         for dec also the part of it spent refreshing the target, and for the MLP the same stage forced onto
          autograd (`finetune(..., closed_form=False)`), what the closed-form step replaces; and
          UMAP's one-off cost per worker process: `import umap`, then the first fit + transform
          (numba compiles) against a second one on the same codes, in a fresh subprocess.
@@ -46,7 +47,6 @@ import torch  # noqa: E402
 from bench_core import RESULTS, OtherLoad, loadavg, machine_lines, md_table  # noqa: E402
 from explore_frontier import CLUSTERING  # noqa: E402 - one cheap clustering for explorations
 
-import tune.finetune as finetune_module  # noqa: E402
 from tune import names as N  # noqa: E402
 from tune.config import Clustering, Finetune, TrialConfig  # noqa: E402
 from tune.data import load_dataset  # noqa: E402
@@ -185,52 +185,17 @@ def table(dataset_name: str) -> list[str]:
     ]
 
 
-def seconds_per_epoch(history_times: list[float]) -> float:
-    steps = [b - a for a, b in zip(history_times[:-1], history_times[1:], strict=True)]
-    return sorted(steps)[len(steps) // 2]  # the median epoch: robust to one disturbed epoch
+def stage_cost(ds, config: dict[str, Any], kind: str, rounds: int = 3) -> dict[str, float]:
+    """Seconds per epoch, same network and batch size: pre-training ("pre"), fine-tuning ("ft",
+    of which "refresh"), and fine-tuning on autograd ("autograd", NaN where the stage uses
+    autograd anyway) from the same pre-trained weights, each the median of `rounds` epochs after
+    one warm-up epoch; "ratio" and "autograd_ratio" the medians of the per-round ratios;
+    "others": cores other processes kept busy.
 
-
-class RefreshClock:
-    """Times dec's target refreshes (soft_assignment over all training codes) while installed."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[float, float]] = []  # (start, seconds)
-        self.inner = finetune_module.soft_assignment
-
-    def __enter__(self) -> RefreshClock:
-        def timed(*args):
-            t0 = time.perf_counter()
-            out = self.inner(*args)
-            self.spans.append((t0, time.perf_counter() - t0))
-            return out
-
-        finetune_module.soft_assignment = timed
-        return self
-
-    def __exit__(self, *exc) -> None:
-        finetune_module.soft_assignment = self.inner
-
-    def per_epoch(self, stamps: list[float]) -> float:
-        """Refresh seconds per epoch over the epochs seconds_per_epoch looks at (not the first)."""
-        spent = sum(s for t, s in self.spans if stamps[1] <= t < stamps[-1])
-        return spent / (len(stamps) - 2)
-
-
-def timed_finetune(model, x, centers, stage: Finetune, closed_form: bool) -> tuple[float, float]:
-    """(median seconds per fine-tuning epoch, target-refresh seconds per epoch)."""
-    stamps = [time.perf_counter()]
-    with RefreshClock() as clock:
-        finetune(
-            model, x, None, centers, stage, seed=0, closed_form=closed_form,
-            on_epoch=lambda *_: stamps.append(time.perf_counter()),
-        )  # fmt: skip
-    return seconds_per_epoch(stamps[1:]), clock.per_epoch(stamps)
-
-
-def stage_cost(ds, config: dict[str, Any], kind: str, epochs: int = 3) -> dict[str, float]:
-    """Median seconds per epoch, same network and batch size: pre-training ("pre"), fine-tuning
-    ("ft", of which "refresh"), and fine-tuning on autograd ("autograd", NaN where the stage uses
-    autograd anyway) from the same pre-trained weights; "others": cores other processes kept busy."""
+    The epochs are interleaved (one pre-training epoch, one fine-tuning epoch, one autograd
+    epoch, then the next round; each run continues from its own resumable state), so that a slow
+    spell of the machine, which can last minutes here, slows all three alike and each ratio
+    compares epochs run seconds apart."""
     import copy
 
     torch.manual_seed(0)
@@ -239,27 +204,58 @@ def stage_cost(ds, config: dict[str, Any], kind: str, epochs: int = 3) -> dict[s
     cfg = TrialConfig.from_flat(config)
     model = build_autoencoder(cfg.autoencoder, ds.image_shape)
     x = images_to_tensor(ds.x_train)
+    bs = config["batch_size"]
     meter = OtherLoad()
-    stamps = [time.perf_counter()]
-    train_autoencoder(
-        model, x, None, lr=1e-3, weight_decay=0.0, batch_size=config["batch_size"],
-        epochs=epochs + 1, seed=0, on_epoch=lambda *_: stamps.append(time.perf_counter()),
-    )  # fmt: skip
-    out = {"pre": seconds_per_epoch(stamps[1:])}  # the first epoch warms up
-    stage = Finetune(
-        kind, epochs + 1, 5e-4, config["batch_size"], 0.1,
-        temperature_start=10.0, temperature_end=0.1, update_interval=140, tol=0.0,
-    )  # fmt: skip
+    last: dict[str, tuple[dict, dict]] = {}  # run -> (its last epoch's record, its state)
+
+    def keep(run: str):
+        return lambda record, state: last.__setitem__(run, (record, state()))
+
+    def pretrain(epochs: int) -> float:
+        t = time.perf_counter()
+        train_autoencoder(
+            model, x, None, lr=1e-3, weight_decay=0.0, batch_size=bs, epochs=epochs, seed=0,
+            resume=last["pre"][1] if "pre" in last else None, on_epoch=keep("pre"),
+        )  # fmt: skip
+        return time.perf_counter() - t
+
+    pretrain(1)  # warm-up; both fine-tuning runs start from these weights
     clustering = Clustering(10, 0.1, 1, None, 1.0, "k-means++", kmeans_n_init=1)
     centers = initial_centers(kind, embed(model, x).numpy(), clustering, seed=0)
-    closed = MLPStep.for_model(model) is not None
-    twin = copy.deepcopy(model) if closed else None  # the same start for the autograd run
-    out["ft"], out["refresh"] = timed_finetune(model, x, centers, stage, closed_form=True)
-    out["autograd"] = math.nan
-    if twin is not None:
-        out["autograd"], _ = timed_finetune(twin, x, centers, stage, closed_form=False)
+    runs = {"ft": copy.deepcopy(model)}
+    if MLPStep.for_model(model) is not None:  # the closed-form step: compare it with autograd
+        runs["autograd"] = copy.deepcopy(model)
+
+    def tune(run: str, epochs: int) -> float:
+        stage = Finetune(
+            kind, epochs, 5e-4, bs, 0.1,
+            temperature_start=10.0, temperature_end=0.1, update_interval=140, tol=0.0,
+        )  # fmt: skip
+        t = time.perf_counter()
+        finetune(
+            runs[run], x, None, centers, stage, seed=0, closed_form=run == "ft",
+            resume=last[run][1] if run in last else None, on_epoch=keep(run),
+        )  # fmt: skip
+        return time.perf_counter() - t
+
+    for run in runs:
+        tune(run, 1)  # warm-up
+    seconds: dict[str, list[float]] = {"pre": [], "ft": [], "autograd": [], "refresh": []}
+    for epochs in range(2, rounds + 2):
+        seconds["pre"].append(pretrain(epochs))
+        for run in runs:
+            seconds[run].append(tune(run, epochs))
+        seconds["refresh"].append(last["ft"][0].get("refresh_seconds", 0.0))
+    out = {key: median(v) if v else math.nan for key, v in seconds.items()}
+    for run, name in (("ft", "ratio"), ("autograd", "autograd_ratio")):
+        ratios = [a / b for a, b in zip(seconds[run], seconds["pre"], strict=False)]
+        out[name] = median(ratios) if ratios else math.nan
     out["others"] = meter.stop()
     return out
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 COST_HEADER = [
@@ -308,9 +304,9 @@ def cost(ds) -> list[str]:
                     f"{c['pre']:.2f}",
                     f"{c['ft']:.2f}",
                     f"{c['refresh']:.2f}" if kind == "dec" else "-",
-                    f"{c['ft'] / c['pre']:.2f}x",
+                    f"{c['ratio']:.2f}x",
                     "-" if na else f"{c['autograd']:.2f}",
-                    "-" if na else f"{c['autograd'] / c['pre']:.2f}x",
+                    "-" if na else f"{c['autograd_ratio']:.2f}x",
                     f"{c['others']:.1f}",
                 ]
             )
@@ -337,7 +333,9 @@ def cost(ds) -> list[str]:
         "### Fine-tuning epoch against a pre-training epoch (`--only cost`)",
         "",
         "Median seconds per epoch of 3 (after one warm-up epoch), same network, same batch size, "
-        f"one process, {ds.name} train split ({len(ds.x_train)} images); fine-tuning = the "
+        "the three runs' epochs interleaved (pre-training, fine-tuning, autograd fine-tuning, "
+        "then again), each ratio the median of the three rounds' ratios of adjacent epochs; "
+        f"one process with {torch.get_num_threads()} torch thread(s), {ds.name} train split ({len(ds.x_train)} images); fine-tuning = the "
         "stage's joint step (encoder, decoder, centres: closed-form gradients for the plain MLP, "
         "autograd for the conv net) and, for dec, the target refreshes every 140 batches "
         "(encoding all training images; their share of the epoch in its own column). The "
@@ -361,7 +359,14 @@ def main() -> None:
     p.add_argument("--dataset", default="fashion-mnist", choices=sorted(BASE))
     p.add_argument("--only", nargs="+", default=["table", "cost"], choices=["table", "cost"])
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: what a trial of the default search gets, 1 CPU)",
+    )
     args = p.parse_args()
+    torch.set_num_threads(args.threads)  # before machine_lines, which reports it
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     load0, t0 = loadavg(), time.perf_counter()
     lines: list[str] = []

@@ -26,6 +26,7 @@ the RNGs and the counters, and `finetune(..., resume=state)` continues from it e
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -174,7 +175,8 @@ def finetune(
     Epochs are numbered on from `first_epoch` (the pre-training epochs), so one trial's per-epoch
     curves run on without a gap. Each record: epoch, train_loss (the reconstruction part),
     val_loss, cluster_loss, and `temperature` (abo) or `labels_changed` (dec, NaN before the
-    second refresh). Raises DivergedError on a NaN/inf loss.
+    second refresh) and `refresh_seconds` (dec: the epoch's time spent refreshing the target).
+    Raises DivergedError on a NaN/inf loss.
 
     A plain MLP (MLPStep.for_model) steps with closed-form gradients, anything else with autograd;
     `closed_form=False` forces autograd (tests and bench/bench_stages.py compare the two).
@@ -230,17 +232,20 @@ def finetune(
         temperature = stage.temperature(e) if stage.kind == "abo" else None
         order = torch.randperm(n, generator=gen).to(device)
         sums = torch.zeros(2, device=device)  # summed reconstruction and clustering losses
-        seen = 0
+        seen, refreshing = 0, 0.0
         for start in range(0, n, bs):
             if stage.kind == "dec" and steps % stage.update_interval == 0:
+                began = time.perf_counter()
                 q_all = soft_assignment(model, head, x_train)
                 labels = q_all.argmax(1)
                 if prev_labels is not None:
                     changed = (labels != prev_labels).float().mean().item()
                     if changed < stage.tol:  # IDEC's stopping rule, checked at each refresh
+                        refreshing += time.perf_counter() - began
                         stopped = True
                         break
                 prev_labels, target = labels, target_distribution(q_all)
+                refreshing += time.perf_counter() - began
             index = order[start : start + bs]
             xb = x_train[index]
             if fast is not None:
@@ -278,6 +283,7 @@ def finetune(
                 record["temperature"] = temperature
             else:
                 record["labels_changed"] = changed
+                record["refresh_seconds"] = refreshing
             history.append(record)
             if on_epoch is not None:
                 on_epoch(record, state)
