@@ -19,8 +19,9 @@ one thread unless --threads says otherwise, as a trial of the default search doe
   cost   Seconds per epoch of the fine-tuning stage against a pre-training epoch of the same
          network at the same batch size, measured in one process with their epochs interleaved
          (target: at most 1.5x), for the first document's MLP and the second's conv network;
-         for dec also the part of it spent refreshing the target, and for the MLP the same stage forced onto
-         autograd (`finetune(..., closed_form=False)`), what the closed-form step replaces; and
+         for dec also the part of it spent refreshing the target, and for the MLP the same
+         stage forced onto autograd (`finetune(..., closed_form=False)`), what the
+         closed-form step replaces; and
          UMAP's one-off cost per worker process: `import umap`, then the first fit + transform
          (numba compiles) against a second one on the same codes, in a fresh subprocess.
 """
@@ -32,6 +33,7 @@ import datetime as dt
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -246,16 +248,12 @@ def stage_cost(ds, config: dict[str, Any], kind: str, rounds: int = 3) -> dict[s
         for run in runs:
             seconds[run].append(tune(run, epochs))
         seconds["refresh"].append(last["ft"][0].get("refresh_seconds", 0.0))
-    out = {key: median(v) if v else math.nan for key, v in seconds.items()}
+    out = {key: statistics.median(v) if v else math.nan for key, v in seconds.items()}
     for run, name in (("ft", "ratio"), ("autograd", "autograd_ratio")):
         ratios = [a / b for a, b in zip(seconds[run], seconds["pre"], strict=False)]
-        out[name] = median(ratios) if ratios else math.nan
+        out[name] = statistics.median(ratios) if ratios else math.nan
     out["others"] = meter.stop()
     return out
-
-
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 COST_HEADER = [
@@ -335,7 +333,8 @@ def cost(ds) -> list[str]:
         "Median seconds per epoch of 3 (after one warm-up epoch), same network, same batch size, "
         "the three runs' epochs interleaved (pre-training, fine-tuning, autograd fine-tuning, "
         "then again), each ratio the median of the three rounds' ratios of adjacent epochs; "
-        f"one process with {torch.get_num_threads()} torch thread(s), {ds.name} train split ({len(ds.x_train)} images); fine-tuning = the "
+        f"one process with {torch.get_num_threads()} torch thread(s), {ds.name} train split "
+        f"({len(ds.x_train)} images); fine-tuning = the "
         "stage's joint step (encoder, decoder, centres: closed-form gradients for the plain MLP, "
         "autograd for the conv net) and, for dec, the target refreshes every 140 batches "
         "(encoding all training images; their share of the epoch in its own column). The "

@@ -76,5 +76,5 @@ def test_a_new_search_never_continues_an_old_journal(tmp_path):
     ],
 )
 def test_the_journal_is_in_the_experiment_unless_that_is_remote(experiment_dir, expected):
-    s = Settings(argparse.Namespace(), None, 1, "", "x", "", experiment_dir, "fifo", 1)
+    s = Settings(argparse.Namespace(), None, 1, "", "x", "", experiment_dir)
     assert str(journal_location(s)) == expected

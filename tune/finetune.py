@@ -240,12 +240,13 @@ def finetune(
                 labels = q_all.argmax(1)
                 if prev_labels is not None:
                     changed = (labels != prev_labels).float().mean().item()
-                    if changed < stage.tol:  # IDEC's stopping rule, checked at each refresh
-                        refreshing += time.perf_counter() - began
-                        stopped = True
-                        break
-                prev_labels, target = labels, target_distribution(q_all)
+                # IDEC's stopping rule, checked at each refresh
+                stopped = prev_labels is not None and changed < stage.tol
+                if not stopped:
+                    prev_labels, target = labels, target_distribution(q_all)
                 refreshing += time.perf_counter() - began
+                if stopped:
+                    break
             index = order[start : start + bs]
             xb = x_train[index]
             if fast is not None:

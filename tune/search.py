@@ -214,11 +214,19 @@ class Settings:
     name: str
     storage: str  # Tune's storage_path: an absolute local path or a URI
     experiment_dir: str
-    scheduler: str  # --scheduler, else the space's
-    grace_period: int  # --grace-period, else the space's
 
     def __getattr__(self, key: str):  # s.seed, s.weights, ...: the parsed value
         return getattr(self.__dict__["args"], key)
+
+    @property
+    def scheduler(self) -> str:
+        """--scheduler, else the space's."""
+        return self.args.scheduler or self.space.scheduler
+
+    @property
+    def grace_period(self) -> int:
+        """--grace-period, else the space's."""
+        return self.args.grace_period or self.space.grace_period
 
     def for_dataset(self, name: str) -> Settings:
         """These settings with the space the current one names for data set `name`
@@ -226,20 +234,7 @@ class Settings:
         space = self.space.for_dataset(name)
         if space is self.space:
             return self
-        return replace(
-            self,
-            space=space,
-            num_samples=num_samples(self.args, space),
-            **schedule(self.args, space),
-        )
-
-
-def schedule(args: argparse.Namespace, space: SearchSpace) -> dict[str, str | int]:
-    """Settings' scheduler and grace period: the command's, else the space's."""
-    return {
-        "scheduler": args.scheduler or space.scheduler,
-        "grace_period": args.grace_period or space.grace_period,
-    }
+        return replace(self, space=space, num_samples=num_samples(self.args, space))
 
 
 def num_samples(args: argparse.Namespace, space: SearchSpace) -> int:
@@ -306,9 +301,7 @@ def check_args(args: argparse.Namespace) -> Settings:
     name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
     storage, experiment_dir = storage_location(args.storage_path, name)
     tracking_uri = args.mlflow_uri or default_tracking_uri()
-    return Settings(
-        args, space, n, tracking_uri, name, storage, experiment_dir, **schedule(args, space)
-    )
+    return Settings(args, space, n, tracking_uri, name, storage, experiment_dir)
 
 
 # In the experiment directory: what a search was started with that --resume must reuse (Tune
