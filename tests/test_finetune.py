@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import SMALL_MLP
+from sklearn.cluster import KMeans
 
 from models.abo import ABONet
 from models.dec import ClusteringLayer
 from models.mlp import MLPAutoencoder
 from tune import names as N
-from tune.config import Clustering, Finetune
+from tune.config import Clustering, Finetune, Reduction
 from tune.data import load_dataset
 from tune.finetune import (
     abo_loss,
@@ -104,7 +105,7 @@ def pretrained(x: torch.Tensor) -> MLPAutoencoder:
 CLUSTERING = Clustering(3, 0.1, 5, None, 1.0, "k-means++", kmeans_n_init=4)
 STAGES = {
     "abo": Finetune("abo", 15, 1e-3, 32, 0.1, temperature_start=5.0, temperature_end=0.5),
-    "dec": Finetune("dec", 15, 1e-3, 32, 0.1, update_interval=5, tol=0.0),
+    "dec": Finetune("dec", 15, 1e-3, 32, 0.1, update_interval=5, tol=0.0, init="latent"),
 }
 
 
@@ -113,7 +114,7 @@ def test_finetuning_lowers_the_clustering_loss_and_keeps_reconstruction(kind):
     x, y = blobs_as_images()
     model = pretrained(x)
     before = reconstruction_loss(model, x)
-    centers = initial_centers(kind, embed(model, x).numpy(), CLUSTERING, seed=0)
+    centers = initial_centers(STAGES[kind], embed(model, x).numpy(), CLUSTERING, seed=0)
     history, tuned = finetune(model, x, x, centers, STAGES[kind], seed=0, first_epoch=30)
     assert [h["epoch"] for h in history] == list(range(31, 46))
     losses = [h["cluster_loss"] for h in history]
@@ -132,14 +133,83 @@ def test_finetuning_lowers_the_clustering_loss_and_keeps_reconstruction(kind):
 def test_dec_stops_early_when_few_labels_change():
     x, _ = blobs_as_images()
     model = pretrained(x)
-    centers = initial_centers("dec", embed(model, x).numpy(), CLUSTERING, seed=0)
-    stage = Finetune("dec", 50, 1e-3, 32, 0.1, update_interval=3, tol=0.01)
+    stage = Finetune("dec", 50, 1e-3, 32, 0.1, update_interval=3, tol=0.01, init="latent")
+    centers = initial_centers(stage, embed(model, x).numpy(), CLUSTERING, seed=0)
     history, _ = finetune(model, x, None, centers, stage, seed=0)
     # separable blobs: labels settle at once, so the stage ends long before 50 epochs
     assert len(history) < 50
     assert history[-1]["labels_changed"] < 0.01
     # each epoch says how long its refreshes took (the stopping one refreshed at least once)
     assert all(r["refresh_seconds"] >= 0 for r in history) and history[-1]["refresh_seconds"] > 0
+
+
+def two_bands(n: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Codes [2n, 2]: two long parallel bands 1 apart. KMeans (k=2) cuts them across, into a
+    left and a right half."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-10, 10, size=2 * n)
+    band = np.repeat([0, 1], n)
+    z = np.column_stack([x, band + rng.normal(0, 0.02, size=2 * n)]).astype(np.float32)
+    return z, band
+
+
+def test_dec_can_start_from_the_clusters_of_the_trials_reduction(monkeypatch):
+    from sklearn.metrics import normalized_mutual_info_score
+
+    import tune.finetune
+
+    z, band = two_bands()
+    clustering = Clustering(2, 0.1, 5, None, 1.0, "k-means++", kmeans_n_init=4)
+    umap = Reduction("umap", umap_dim=1, umap_n_neighbors=10, umap_min_dist=0.0, umap_fit_size=300)
+    latent = Finetune("dec", 1, 1e-3, 32, 0.1, update_interval=5, tol=0.0, init="latent")
+    reduced = Finetune("dec", 1, 1e-3, 32, 0.1, update_interval=5, tol=0.0, init="reduced")
+
+    def agreement(centers: np.ndarray) -> float:
+        nearest = ((z[:, None, :] - centers[None]) ** 2).sum(-1).argmin(1)
+        return normalized_mutual_info_score(band, nearest)
+
+    assert agreement(initial_centers(latent, z, clustering, 0, umap)) < 0.1  # cut across
+    # A reduction that sees the bands, fitted on every other row (as UMAP on its subsample).
+    rows = np.arange(0, len(z), 2)
+    seen = (5.0 * band[rows] + 0.1 * np.sin(rows))[:, None].astype(np.float32)
+    calls = []
+
+    def fit_sample(reduction, seed, codes):
+        calls.append((reduction, seed))
+        return rows, seen
+
+    monkeypatch.setattr(tune.finetune, "fit_sample", fit_sample)
+    centers = initial_centers(reduced, z, clustering, 7, umap)
+    assert calls == [(umap, 7)]  # the trial's own reduction and seed
+    assert centers.shape == (2, 2) and centers.dtype == np.float32
+    # each centre is the mean code of one band's rows that the reduction saw
+    expected = [z[rows][band[rows] == b].mean(0) for b in (0, 1)]
+    np.testing.assert_allclose(centers[np.argsort(centers[:, 1])], expected, rtol=1e-6)
+
+
+def test_fit_sample_gives_the_codes_a_reduction_was_fitted_on():
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from tune.reduction import apply_reduction, fit_reduction, fit_sample, umap_rows
+
+    rng = np.random.default_rng(0)
+    centres = np.array([0.0, 4.0, 8.0])
+    truth = np.repeat([0, 1, 2], 100)
+    z = rng.normal(centres[truth, None], 0.3, size=(300, 6)).astype(np.float32)
+    umap = Reduction("umap", umap_dim=2, umap_n_neighbors=10, umap_min_dist=0.0, umap_fit_size=120)
+    rows, seen = fit_sample(umap, 3, z)
+    np.testing.assert_array_equal(rows, umap_rows(umap, 3, 300))
+    assert len(np.unique(rows)) == 120 and seen.shape == (120, 2)
+    np.testing.assert_array_equal(seen, fit_reduction(umap, 3, z).embedding_)  # seeded: the same
+    labels = KMeans(3, n_init=4, random_state=0).fit(seen).labels_
+    assert normalized_mutual_info_score(truth[rows], labels) == 1.0
+    pca = Reduction("pca", pca_dim=2)
+    rows, seen = fit_sample(pca, 3, z)
+    np.testing.assert_array_equal(rows, np.arange(300))
+    np.testing.assert_allclose(seen, apply_reduction(fit_reduction(pca, 3, z), z))
+    for none in (Reduction("none"), Reduction("pca", pca_dim=6)):  # pca_dim 6 keeps every one
+        rows, seen = fit_sample(none, 3, z)
+        assert seen is None and len(rows) == 300
 
 
 # The harness's small MLP, wider, with dropout and a fine-tuning stage (FT picks the recipe).
@@ -157,7 +227,7 @@ DIGITS_CONFIG = {
 }
 FT = {
     "abo": {"finetune": "abo", "finetune_temperature_start": 5.0, "finetune_temperature_end": 0.2},
-    "dec": {"finetune": "dec", "dec_update_interval": 7, "dec_tol": 0.0},
+    "dec": {"finetune": "dec", "dec_update_interval": 7, "dec_tol": 0.0, "dec_init": "latent"},
 }
 
 
@@ -280,11 +350,11 @@ def test_finetuning_with_and_without_the_closed_form_matches(kind, kw):
     train_autoencoder(model, x, None, lr=3e-3, weight_decay=0.0, batch_size=32, epochs=5, seed=0)
     assert MLPStep.for_model(model) is not None  # the comparison is real: one side is closed-form
     twin = copy.deepcopy(model)
-    centers = initial_centers(kind, embed(model, x).numpy(), CLUSTERING, seed=0)
     stage = {
         "abo": Finetune("abo", 6, 3e-3, 32, 0.5, temperature_start=5.0, temperature_end=0.5),
-        "dec": Finetune("dec", 6, 3e-3, 32, 0.5, update_interval=4, tol=0.0),
+        "dec": Finetune("dec", 6, 3e-3, 32, 0.5, update_interval=4, tol=0.0, init="latent"),
     }[kind]
+    centers = initial_centers(stage, embed(model, x).numpy(), CLUSTERING, seed=0)
     h_fast, c_fast = finetune(model, x, x[:30], centers, stage, seed=3)
     h_ref, c_ref = finetune(twin, x, x[:30], centers, stage, seed=3, closed_form=False)
     assert len(h_fast) == len(h_ref) == 6
@@ -310,8 +380,8 @@ def test_the_closed_form_stage_resumes_exactly(kind):
     model = MLPAutoencoder((6, 6), hidden=(16,), latent_dim=4)
     train_autoencoder(model, x, None, lr=3e-3, weight_decay=0.0, batch_size=32, epochs=5, seed=0)
     assert MLPStep.for_model(model) is not None
-    centers = initial_centers(kind, embed(model, x).numpy(), CLUSTERING, seed=0)
     stage = STAGES[kind]
+    centers = initial_centers(stage, embed(model, x).numpy(), CLUSTERING, seed=0)
     m_whole, m_resumed = copy.deepcopy(model), copy.deepcopy(model)
     whole, c_whole = finetune(m_whole, x, x[:30], centers, stage, seed=3)
     saved = {}

@@ -353,6 +353,7 @@ def test_a_trial_measures_rung_values_at_its_rungs_only(digits):
         "finetune_gamma": 0.1,
         "dec_update_interval": 10,
         "dec_tol": 0.0,
+        "dec_init": "latent",
     }
     cfg = TrialConfig.from_flat(config)
     records, checks = [], []

@@ -311,7 +311,8 @@ STAGED_POINTS = {
             "name": "dec-pca",
             "config": {
                 **NET, **FT, "finetune": "dec", "finetune_gamma": 0.1,
-                "dec_update_interval": 10, "dec_tol": 0.001, "reduction": "pca", "pca_dim": 4,
+                "dec_update_interval": 10, "dec_tol": 0.001, "dec_init": "reduced",
+                "reduction": "pca", "pca_dim": 4,
             },
         },
     ],

@@ -71,7 +71,13 @@ FT_COMMON = {
     "finetune_batch_size": 256,
     "finetune_gamma": 0.1,
 }
-FT_DEC = {"finetune": "dec", **FT_COMMON, "dec_update_interval": 140, "dec_tol": 0.001}
+FT_DEC = {
+    "finetune": "dec",
+    **FT_COMMON,
+    "dec_update_interval": 140,
+    "dec_tol": 0.001,
+    "dec_init": "reduced",
+}
 FT_ABO = {
     "finetune": "abo",
     **FT_COMMON,
@@ -277,6 +283,13 @@ def test_validate_config_normalises() -> None:
         ({"finetune_gamma": 0.1}, "finetune_gamma", "finetune_gamma is not used by finetune none"),
         ({**FT_DEC, "finetune_gamma": 0.0}, "finetune_gamma", "expected a float > 0, got 0.0"),
         ({**FT_DEC, "dec_tol": 1.0}, "dec_tol", "expected a float in [0, 1), got 1.0"),
+        ({**FT_DEC, "dec_init": "umap"}, "dec_init", "expected one of latent, reduced, got str"),
+        (
+            {**FT_DEC, "dec_init": "DELETE"},
+            "dec_init",
+            "missing required key dec_init for finetune",
+        ),
+        ({**FT_ABO, "dec_init": "latent"}, "dec_init", "dec_init is not used by finetune abo"),
         (
             {**FT_DEC, "dec_update_interval": 0},
             "dec_update_interval",

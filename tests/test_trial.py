@@ -61,7 +61,8 @@ ABO = {
     "finetune_temperature_start": 5.0,
     "finetune_temperature_end": 0.5,
 }
-DEC = {"finetune": "dec", **FT, "dec_update_interval": 10, "dec_tol": 0.001}
+DEC = {"finetune": "dec", **FT, "dec_update_interval": 10, "dec_tol": 0.001, "dec_init": "latent"}
+DEC_FROM_REDUCED = {**DEC, "dec_init": "reduced"}  # IDEC starts from the reduction's clusters
 
 
 def config_with(*stages: dict) -> dict:
@@ -87,8 +88,9 @@ def reduced_codes(model: ClusterModel, images: np.ndarray) -> np.ndarray:
         ((DEC, PCA), 3),
         ((ABO, UMAP), 4),
         ((DEC, UMAP), 4),
+        ((DEC_FROM_REDUCED, UMAP), 4),
     ],
-    ids=["pca", "umap", "abo", "dec+pca", "abo+umap", "dec+umap"],
+    ids=["pca", "umap", "abo", "dec+pca", "abo+umap", "dec+umap", "dec-from-umap+umap"],
 )
 def test_each_stage_round_trips_through_the_served_model(digits, tmp_path, stages, dim):
     config = config_with(*stages)

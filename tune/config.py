@@ -61,6 +61,7 @@ class Finetune:
     temperature_end: float | None = None  # abo
     update_interval: int | None = None  # dec
     tol: float | None = None  # dec
+    init: str | None = None  # dec: "latent" or "reduced", where the starting KMeans runs
 
     def temperature(self, epoch: int) -> float:
         """ABO's temperature in 0-based `epoch` of the stage: geometric from start to end."""
@@ -124,6 +125,7 @@ class TrialConfig:
                 temperature_end=c.get("finetune_temperature_end"),
                 update_interval=c.get("dec_update_interval"),
                 tol=c.get("dec_tol"),
+                init=c.get("dec_init"),
             )
         reduction_keys = ("pca_dim", "umap_dim", "umap_n_neighbors", "umap_min_dist")
         return cls(

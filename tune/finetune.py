@@ -13,7 +13,8 @@ Two recipes, chosen by the trial's `finetune` key (`none` skips this stage):
   p_ij = (q_ij^2 / f_j) normalised per row with f_j = sum_i q_ij, recomputed on all training codes
   every `dec_update_interval` batches; loss = MSE + gamma * KL(P || Q) (batch mean of
   sum_j p log(p / q)). The stage stops early when fewer than `dec_tol` of the training labels
-  changed between two refreshes. Centres start from KMeans on the pre-trained codes.
+  changed between two refreshes. Centres start from KMeans on the pre-trained codes, or on the
+  trial's reduction of them (`dec_init`, `initial_centers`).
 
 Reconstruction stays in the loss, so the validation reconstruction loss stays an honest objective:
 a stage that wrecks the decoder to sharpen clusters pays for it there.
@@ -37,8 +38,9 @@ from torch import nn
 
 from models.abo import ABONet, initial_indices
 from models.dec import ClusteringLayer
-from tune.config import Clustering, Finetune
+from tune.config import Clustering, Finetune, Reduction
 from tune.mlp_step import MLPStep
+from tune.reduction import fit_sample
 from tune.training import (
     DivergedError,
     adam_step,
@@ -141,13 +143,30 @@ def kl_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def initial_centers(
-    kind: str, z_train: np.ndarray, clustering: Clustering, seed: int
+    stage: Finetune,
+    z_train: np.ndarray,
+    clustering: Clustering,
+    seed: int,
+    reduction: Reduction | None = None,
 ) -> np.ndarray:
-    """[k, d] float32 starting centres on the pre-trained codes: ABO's rule (abo) or KMeans (dec)."""
+    """[k, d] float32 starting centres on the pre-trained codes [N, d].
+
+    abo: ABO's initialisation rule. dec: KMeans on the codes (`dec_init: latent`, IDEC's start),
+    or on the trial's `reduction` of them (`dec_init: reduced`: the clustering the trial would
+    make without the stage), each centre then the mean code of its cluster. The second starts
+    IDEC from N2D's clusters, which IDEC then sharpens instead of sharpening the latent KMeans'
+    mistakes; without a reduction the two are the same.
+    """
     k = clustering.n_clusters
-    if kind == "abo":
+    if stage.kind == "abo":
         return z_train[initial_indices(z_train, k, clustering.abo_init, seed)].astype(np.float32)
     km = KMeans(n_clusters=k, n_init=clustering.kmeans_n_init, random_state=seed)
+    if stage.init == "reduced" and reduction is not None:
+        rows, seen = fit_sample(reduction, seed, z_train)
+        if seen is not None:
+            labels, codes = km.fit(seen).labels_, z_train[rows]
+            # KMeans leaves no cluster empty, so every mean is defined
+            return np.stack([codes[labels == j].mean(0) for j in range(k)]).astype(np.float32)
     return km.fit(z_train).cluster_centers_.astype(np.float32)
 
 

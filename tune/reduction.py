@@ -40,11 +40,32 @@ def fit_reduction(reduction: Reduction, seed: int, z_train: np.ndarray) -> Any |
     return _fit_umap(reduction, seed, z_train)
 
 
+def fit_sample(
+    reduction: Reduction, seed: int, z_train: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(rows, their reduced codes [len(rows), dim]) of a reduction fitted on z_train, or
+    (every row, None) where there is none. UMAP gives its own embedding of the subsample it was
+    fitted on, so nothing else goes through `transform`; PCA projects every row."""
+    reducer = fit_reduction(reduction, seed, z_train)
+    if reducer is None:
+        return np.arange(len(z_train)), None
+    if reduction.kind == "umap":
+        rows = umap_rows(reduction, seed, len(z_train))
+        return rows, np.asarray(reducer.embedding_, dtype=np.float32)
+    return np.arange(len(z_train)), apply_reduction(reducer, z_train)
+
+
+def umap_rows(reduction: Reduction, seed: int, n: int) -> np.ndarray:
+    """The sorted, seeded rows of n train codes that UMAP is fitted on."""
+    n_fit = min(reduction.umap_fit_size, n)
+    return np.sort(np.random.default_rng(seed).choice(n, n_fit, replace=False))
+
+
 def _fit_umap(reduction: Reduction, seed: int, z_train: np.ndarray) -> Any:
     import umap  # only here: seconds to import, and most trials never need it
 
-    n_fit = min(reduction.umap_fit_size, len(z_train))
-    rows = np.sort(np.random.default_rng(seed).choice(len(z_train), n_fit, replace=False))
+    rows = umap_rows(reduction, seed, len(z_train))
+    n_fit = len(rows)
     reducer = umap.UMAP(
         n_components=reduction.umap_dim,
         n_neighbors=min(reduction.umap_n_neighbors, n_fit - 1),

@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # optuna is only needed by the caller that owns the study
 ARCHS = ("mlp", "conv")
 FINETUNES = ("none", "abo", "dec")  # joint fine-tuning stage after pre-training (tune/finetune.py)
 REDUCTIONS = ("none", "pca", "umap")  # what the clusterers see (tune/reduction.py)
+DEC_INITS = ("latent", "reduced")  # where IDEC's starting KMeans runs (tune/finetune.py)
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh")
 DEPTH_KEY = {"mlp": "mlp_depth", "conv": "conv_depth"}
 _MAX_DEPTH = {"mlp": 4, "conv": 3}
@@ -177,6 +178,8 @@ def _build_keys() -> dict[str, _Rule]:
         # of the training labels change between two refreshes
         dec_update_interval=_int(stage=("finetune", ("dec",))),
         dec_tol=_Rule("float", low=0.0, high=1.0, high_open=True, stage=("finetune", ("dec",))),
+        # dec: the starting KMeans runs on the codes (IDEC) or on the trial's reduction of them
+        dec_init=_Rule("choice", choices=DEC_INITS, stage=("finetune", ("dec",))),
         # What the clusterers see: the codes, their first pca_dim principal components, or a UMAP
         # embedding (fitted on umap_fit_size seeded train codes, applied to everything else).
         reduction=_Rule("choice", choices=REDUCTIONS),

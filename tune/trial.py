@@ -287,7 +287,7 @@ def _finetune_stage(cfg: TrialConfig, model, x_train, x_val, history, on_epoch, 
         centers = resume["head"]["centers"].cpu().numpy()  # overwritten by the resumed state
     else:
         z = embed(model, x_train).cpu().numpy()
-        centers = initial_centers(cfg.finetune.kind, z, cfg.clustering, cfg.seed)
+        centers = initial_centers(cfg.finetune, z, cfg.clustering, cfg.seed, cfg.reduction)
 
     def report(record: dict[str, float], state: Callable[[], dict]) -> None:
         if on_epoch is not None:
