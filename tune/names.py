@@ -68,7 +68,18 @@ DIVERGED = "diverged"  # 1.0 when training hit a NaN/inf loss
 STATUS = "status"  # in a trial's final result only: one of Status
 TRIAL_SECONDS = "time/trial_s"
 # Wall seconds of each stage of a trial: time/<stage>_s (bench/ reads them from results too).
-STAGES = ("pretrain", "finetune", "embed", "reduction", "abo", "kmeans", "metrics")
+# finetune_init: the fine-tuning stage's starting centres (with dec_init reduced, a UMAP fit),
+# a one-off cost kept apart from the stage's epochs.
+STAGES = (
+    "pretrain",
+    "finetune_init",
+    "finetune",
+    "embed",
+    "reduction",
+    "abo",
+    "kmeans",
+    "metrics",
+)
 # Dimension of the space the clusterers saw and their scores were measured in: latent_dim, pca_dim
 # when that is smaller, or umap_dim (silhouette, Davies-Bouldin, Calinski-Harabasz depend on it).
 # With finetune abo, ABO's centres were trained in the latent space and it clusters there.

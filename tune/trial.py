@@ -184,6 +184,12 @@ def run_trial(
                     on_epoch=on_epoch,
                 )
         if stage is not None:
+            with _timed(timings, "finetune_init"):
+                if in_finetune:  # the resumed state holds the centres
+                    centers = resume["head"]["centers"].cpu().numpy()
+                else:
+                    z = embed(model, x["train"]).cpu().numpy()
+                    centers = initial_centers(stage, z, cfg.clustering, seed, cfg.reduction)
             with _timed(timings, "finetune"):
                 ft_history, centers = _finetune_stage(
                     cfg,
@@ -191,6 +197,7 @@ def run_trial(
                     x["train"],
                     x_val,
                     history,
+                    centers,
                     on_epoch,
                     resume if in_finetune else None,
                 )
@@ -278,16 +285,12 @@ def run_trial(
     return result
 
 
-def _finetune_stage(cfg: TrialConfig, model, x_train, x_val, history, on_epoch, resume):
-    """Run tune/finetune.py's stage after pre-training; returns (its history, its centres).
+def _finetune_stage(cfg: TrialConfig, model, x_train, x_val, history, centers, on_epoch, resume):
+    """Run tune/finetune.py's stage after pre-training from `centers`; returns (its history, its
+    centres).
 
     Its checkpoints also carry the pre-training history, so a trial resumed inside the stage
     still reports and plots both stages. `resume`: a state saved inside the stage, or None."""
-    if resume is not None:
-        centers = resume["head"]["centers"].cpu().numpy()  # overwritten by the resumed state
-    else:
-        z = embed(model, x_train).cpu().numpy()
-        centers = initial_centers(cfg.finetune, z, cfg.clustering, cfg.seed, cfg.reduction)
 
     def report(record: dict[str, float], state: Callable[[], dict]) -> None:
         if on_epoch is not None:
