@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score, silhouette_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,7 +30,7 @@ from tune.data import load_dataset  # noqa: E402
 from tune.finetune import finetune, initial_centers  # noqa: E402
 from tune.reduction import apply_reduction, fit_reduction  # noqa: E402
 from tune.training import embed, images_to_tensor, reconstruction_loss  # noqa: E402
-from tune.trial import CONFIG_FILE, MODEL_FILE  # noqa: E402
+from tune.trial import CONFIG_FILE, MODEL_FILE, make_clusterers  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 
@@ -42,8 +41,7 @@ def score(model, x, y, cfg: TrialConfig) -> dict[str, float]:
     z = {s: embed(model, x[s]).numpy() for s in SPLITS}
     reducer = fit_reduction(cfg.reduction, cfg.seed, z["train"])
     seen = {s: apply_reduction(reducer, z[s]) for s in SPLITS}
-    c = cfg.clustering
-    km = KMeans(c.n_clusters, n_init=c.kmeans_n_init, random_state=cfg.seed).fit(seen["train"])
+    km = make_clusterers(cfg)["kmeans"].fit(seen["train"])
     val = km.predict(seen["val"])
     return {
         "silhouette": silhouette_score(seen["val"], val),
@@ -51,6 +49,14 @@ def score(model, x, y, cfg: TrialConfig) -> dict[str, float]:
         "loss": reconstruction_loss(model, x["val"]),
         "nmi": normalized_mutual_info_score(y["test"], km.predict(seen["test"])),
     }
+
+
+def row(name: str, start: str, gamma: str, s: dict[str, float], seconds: float) -> None:
+    print(
+        f"| {name} | {start} | {gamma} | {s['silhouette']:.3f} | {s['latent']:.3f} | "
+        f"{s['loss']:.5f} | {s['nmi']:.3f} | {seconds:.0f} |",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,15 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         base.load_state_dict(torch.load(folder / MODEL_FILE, map_location="cpu"))
         base.eval()
         name = folder.parent.name.split("_")[1]
-
-        def row(start: str, gamma: str, s: dict[str, float], seconds: float, name=name) -> None:
-            print(
-                f"| {name} | {start} | {gamma} | {s['silhouette']:.3f} | {s['latent']:.3f} | "
-                f"{s['loss']:.5f} | {s['nmi']:.3f} | {seconds:.0f} |",
-                flush=True,
-            )
-
-        row("(no fine-tuning)", "-", score(base, x, y, cfg), 0)
+        row(name, "(no fine-tuning)", "-", score(base, x, y, cfg), 0)
         z_train = embed(base, x["train"]).numpy()
         for gamma in args.gamma:
             for init in ("latent", "reduced"):
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
                 model = copy.deepcopy(base)
                 finetune(model, x["train"], x["val"], centers, stage, seed=cfg.seed)
                 seconds = time.perf_counter() - t
-                row(init, f"{gamma:g}", score(model, x, y, cfg), seconds)
+                row(name, init, f"{gamma:g}", score(model, x, y, cfg), seconds)
     print(
         f"\nIDEC: {args.epochs} epochs, lr {args.lr:g}, batch 256, update interval 140, tol 0.001"
     )

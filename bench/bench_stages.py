@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -234,14 +235,10 @@ def stage_cost(ds, config: dict[str, Any], kind: str, rounds: int = 3) -> dict[s
         runs["autograd"] = copy.deepcopy(model)
 
     def tune(run: str, epochs: int) -> float:
-        stage = Finetune(
-            kind, epochs, 5e-4, bs, 0.1,
-            temperature_start=10.0, temperature_end=0.1, update_interval=140, tol=0.0,
-            init="latent",
-        )  # fmt: skip
         t = time.perf_counter()
         finetune(
-            runs[run], x, None, centers, stage, seed=0, closed_form=run == "ft",
+            runs[run], x, None, centers, replace(stage, epochs=epochs), seed=0,
+            closed_form=run == "ft",
             resume=last[run][1] if run in last else None, on_epoch=keep(run),
         )  # fmt: skip
         return time.perf_counter() - t

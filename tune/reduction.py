@@ -37,7 +37,7 @@ def fit_reduction(reduction: Reduction, seed: int, z_train: np.ndarray) -> Any |
         if reduction.pca_dim >= z_train.shape[1]:
             return None
         return PCA(n_components=reduction.pca_dim, svd_solver="full").fit(z_train)
-    return _fit_umap(reduction, seed, z_train)
+    return _fit_umap(reduction, seed, z_train[umap_rows(reduction, seed, len(z_train))])
 
 
 def fit_sample(
@@ -46,13 +46,13 @@ def fit_sample(
     """(rows, their reduced codes [len(rows), dim]) of a reduction fitted on z_train, or
     (every row, None) where there is none. UMAP gives its own embedding of the subsample it was
     fitted on, so nothing else goes through `transform`; PCA projects every row."""
-    reducer = fit_reduction(reduction, seed, z_train)
-    if reducer is None:
-        return np.arange(len(z_train)), None
     if reduction.kind == "umap":
         rows = umap_rows(reduction, seed, len(z_train))
+        reducer = _fit_umap(reduction, seed, z_train[rows])
         return rows, np.asarray(reducer.embedding_, dtype=np.float32)
-    return np.arange(len(z_train)), apply_reduction(reducer, z_train)
+    reducer = fit_reduction(reduction, seed, z_train)
+    every = np.arange(len(z_train))
+    return every, None if reducer is None else apply_reduction(reducer, z_train)
 
 
 def umap_rows(reduction: Reduction, seed: int, n: int) -> np.ndarray:
@@ -61,11 +61,11 @@ def umap_rows(reduction: Reduction, seed: int, n: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, n_fit, replace=False))
 
 
-def _fit_umap(reduction: Reduction, seed: int, z_train: np.ndarray) -> Any:
+def _fit_umap(reduction: Reduction, seed: int, z_fit: np.ndarray) -> Any:
+    """UMAP fitted on exactly the codes z_fit (the rows umap_rows chose)."""
     import umap  # only here: seconds to import, and most trials never need it
 
-    rows = umap_rows(reduction, seed, len(z_train))
-    n_fit = len(rows)
+    n_fit = len(z_fit)
     reducer = umap.UMAP(
         n_components=reduction.umap_dim,
         n_neighbors=min(reduction.umap_n_neighbors, n_fit - 1),
@@ -74,7 +74,7 @@ def _fit_umap(reduction: Reduction, seed: int, z_train: np.ndarray) -> Any:
         transform_seed=seed,
         n_jobs=1,  # what a random_state implies anyway (reproducible); said, so UMAP does not warn
     )
-    return reducer.fit(z_train[rows])
+    return reducer.fit(z_fit)
 
 
 def apply_reduction(reducer: Any | None, z: np.ndarray) -> np.ndarray:
