@@ -67,13 +67,18 @@ class Hold:
     reporting that epoch (with a checkpoint) to Tune. A trial marks that it is waiting with a
     file `held-<trial id>`; a trial retried after a fault does not wait a second time."""
 
-    def __init__(self, directory: Path, epoch: int) -> None:
-        self.dir, self.epoch = directory, epoch
+    def __init__(self, directory: Path, epoch: int, gather: int | None = None) -> None:
+        """`gather`: also make every trial wait at its start until that many trials have
+        started (tune/trial.py's `CLUSTERTUNE_TEST_GATHER`), so that they surely run at once."""
+        self.dir, self.epoch, self.gather = directory, epoch, gather
         directory.mkdir(parents=True, exist_ok=True)
 
     @property
     def env(self) -> dict[str, str]:
-        return {"CLUSTERTUNE_TEST_HOLD": f"{self.dir}:{self.epoch}"}
+        env = {"CLUSTERTUNE_TEST_HOLD": f"{self.dir}:{self.epoch}"}
+        if self.gather is not None:
+            env["CLUSTERTUNE_TEST_GATHER"] = f"{self.dir}:{self.gather}"
+        return env
 
     def on(self) -> None:
         (self.dir / "hold").touch()

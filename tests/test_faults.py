@@ -472,7 +472,8 @@ def faulty_search(tmp_path_factory):
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(REPO), **SECRETS}
     env["CLUSTERTUNE_CHECKPOINT_INTERVAL_S"] = "0"
-    hold = Hold(tmp / "hold", epoch=HOLD_EPOCH)
+    # every trial starts only once all 8 have: 8 at once, however slow the machine is
+    hold = Hold(tmp / "hold", epoch=HOLD_EPOCH, gather=8)
     hold.on()
     search = Search(args, {**env, **hold.env}, tmp / "search.log")
 
@@ -499,6 +500,7 @@ def faulty_search(tmp_path_factory):
         "id": {_point_of(rows[0]["config"]): t for t, rows in trials.items()},
         "client": MlflowClient(uri),
         "killed_worker": worker,
+        "gathered": len(list(hold.dir.glob("arrived-*"))),
     }
 
 
@@ -604,8 +606,9 @@ def test_eight_concurrent_trials_lose_no_metric_point(faulty_search):
     assert_one_complete_run_per_trial(f["uri"], "faulty", f["trials"])
     _, kids = search_runs(f["uri"], "faulty")
     assert len(kids) == 8
+    assert f["gathered"] == 8  # every trial waited at its start for the others
     spans = [(k.info.start_time, k.info.end_time) for k in kids]
-    assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) == 8  # really 8 at once
+    assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) == 8  # the gather: 8 at once
     for k in kids:  # every per-epoch point of both losses, exactly as Ray recorded them
         points = reported_epochs(f["trials"][k.data.tags["ray.trial_id"]])
         assert points or k.data.tags[N.STATUS] == "diverged"  # that one: stopped in epoch 1

@@ -57,6 +57,9 @@ REPORT_INTERVAL_S = float(os.environ.get("CLUSTERTUNE_REPORT_INTERVAL_S", "1"))
 # that reaches EPOCH (not its last) report it with a checkpoint, then wait while DIR/hold exists
 # (and DIR/release-<trial id> does not).
 TEST_HOLD = os.environ.get("CLUSTERTUNE_TEST_HOLD")
+# Test-only as well: "DIR:N" makes every trial wait at its start until N trials have started
+# (files DIR/arrived-<trial id>), so that a test knows that N trials ran at once.
+TEST_GATHER = os.environ.get("CLUSTERTUNE_TEST_GATHER")
 STATE_FILE = "train_state.pt"
 MODEL_FILE = "model.pt"
 CLUSTERERS_FILE = "clusterers.npz"
@@ -455,6 +458,19 @@ def _wait_while_held(marker: Path) -> None:
         time.sleep(0.05)
 
 
+def _gather() -> None:
+    """TEST_GATHER's barrier: mark this trial's arrival, wait for the others' (a retried trial
+    finds its own mark and the others' there)."""
+    if TEST_GATHER is None:
+        return
+    from ray import tune
+
+    directory, n = TEST_GATHER.rsplit(":", 1)
+    (Path(directory) / f"arrived-{tune.get_context().get_trial_id()}").touch()
+    while len(list(Path(directory).glob("arrived-*"))) < int(n):
+        time.sleep(0.05)
+
+
 def trainable(config: dict[str, Any], data: Dataset, rungs: Collection[int] = ()) -> None:
     """Ray Tune function trainable: `tune.with_parameters(trainable, data=dataset)`.
 
@@ -463,6 +479,7 @@ def trainable(config: dict[str, Any], data: Dataset, rungs: Collection[int] = ()
     """
     from ray import tune
 
+    _gather()
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a retried trial: continue from the last saved epoch
