@@ -94,6 +94,10 @@ class Hold:
         """Trial ids waiting at the hold (or that waited there before a release)."""
         return {p.name.removeprefix("held-") for p in self.dir.glob("held-*")}
 
+    def arrived(self) -> set[str]:
+        """Trial ids that reached the gather at their start (`gather`)."""
+        return {p.name.removeprefix("arrived-") for p in self.dir.glob("arrived-*")}
+
 
 class Search:
     """`python tune/search.py ARGS` in a new session (its Ray processes join it), output to a log."""

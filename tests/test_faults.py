@@ -500,7 +500,7 @@ def faulty_search(tmp_path_factory):
         "id": {_point_of(rows[0]["config"]): t for t, rows in trials.items()},
         "client": MlflowClient(uri),
         "killed_worker": worker,
-        "gathered": len(list(hold.dir.glob("arrived-*"))),
+        "gathered": len(hold.arrived()),
     }
 
 
