@@ -37,7 +37,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -125,26 +124,42 @@ class SshHost:
     sshd: subprocess.Popen
 
     def ssh(self, command: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [
-                "ssh",
-                "-i",
-                str(self.key),
-                "-o",
-                f"ProxyCommand={self.proxy_command}",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                f"UserKnownHostsFile={os.devnull}",
-                "-o",
-                "IdentitiesOnly=yes",
-                f"{getpass.getuser()}@127.0.0.1",
-                command,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        """`command` over one verbose ssh session; a hang fails with ssh's and sshd's own logs."""
+        args = [
+            "ssh",
+            "-v",
+            "-i",
+            str(self.key),
+            "-o",
+            f"ProxyCommand={self.proxy_command}",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            f"UserKnownHostsFile={os.devnull}",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",  # never a prompt that would wait for the timeout
+            f"{getpass.getuser()}@127.0.0.1",
+            command,
+        ]
+        try:
+            return subprocess.run(args, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired as e:
+            raise AssertionError(
+                f"ssh did not return in 60 s\n--- ssh -v:\n{_text(e.stderr)[-4000:]}"
+                f"\n--- sshd.log:\n{self.sshd_log()}"
+            ) from None
+
+    def sshd_log(self) -> str:
+        try:
+            return (self.root / "sshd.log").read_text()[-4000:]
+        except OSError as e:
+            return f"(unreadable: {e})"
+
+
+def _text(out: bytes | str | None) -> str:
+    return out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> Path:
@@ -233,16 +248,15 @@ def ssh_host() -> Iterator[SshHost]:
     )
     host = SshHost(root, home, port, key, f"{sys.executable} {proxy} 127.0.0.1 {port}", sshd)
     try:
+        # sshd's own line, not a connect: another process may have taken the port meanwhile.
         deadline = time.monotonic() + 30
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
+        while f"listening on 127.0.0.1 port {port}" not in host.sshd_log():
             if sshd.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"sshd did not start:\n{(root / 'sshd.log').read_text()}")
+                raise RuntimeError(f"sshd did not start:\n{host.sshd_log()}")
             time.sleep(0.2)
         yield host
     finally:
+        print(f"\n--- sshd.log (end):\n{host.sshd_log()[-2000:]}")  # shown when a test failed
         # Whatever is still running of ours: sshd, its sessions, the Ray and MLflow started
         # through it (their environment holds HOME=root/home), ssh ControlMasters and relays.
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -302,9 +316,15 @@ def _cluster_file(
 def _launcher(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
-    return subprocess.run(
-        [str(RAY), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
+    try:
+        return subprocess.run(
+            [str(RAY), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO
+        )
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(
+            f"ray {args[0]} did not return in {timeout:.0f} s\n--- stdout:\n"
+            f"{_text(e.stdout)[-4000:]}\n--- stderr:\n{_text(e.stderr)[-4000:]}"
+        ) from None
 
 
 def test_ray_up_submit_down(ssh_host):
