@@ -354,6 +354,62 @@ def test_sync_fills_gaps_once_and_drops_orphan_runs(tmp_path):
     assert gone.info.status == "KILLED"
 
 
+class _CountedResult(_Result):
+    """A _Result that counts how often its history (progress.csv) is read."""
+
+    reads = 0
+
+    @property
+    def metrics_dataframe(self):
+        self.reads += 1
+        return self._history
+
+    @metrics_dataframe.setter
+    def metrics_dataframe(self, value) -> None:
+        self._history = value
+
+
+def test_sync_rereads_only_trials_whose_writes_did_not_all_go_through(tmp_path):
+    """After a search, runs this driver created and ended with no failed write are not read
+    again; a run it never ended, one whose write failed, and any run when the writer's queue did
+    not drain are, and come out complete."""
+    from tune.tracking import MLflowTrialLogger
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(EXPERIMENT)
+    parent = client.create_run(exp, run_name="s").info.run_id
+    logger = MLflowTrialLogger(uri, exp, parent)
+    whole, unended, failed = (_CountedResult(f"bbbb000{i}", 3, tmp_path) for i in (1, 2, 3))
+    for r in (whole, unended, failed):
+        trial_id = r.metrics["trial_id"]
+        run = logger.runs.run_id_for(trial_id, r.config, f"trainable_{trial_id}")
+        history = r._history.to_dict("records")
+        logger.runs.log_results(run, [*history[:-1], r.metrics])  # as the live hooks log them
+        if r is not unended:
+            logger.runs.end_run(run, None, False, None, r.metrics, {})
+    logger.writer.pending.add("bbbb0003")  # e.g. its artifacts' upload failed
+
+    assert logger.sync([whole, unended, failed]) == 1  # the unended run is ended
+    assert (whole.reads, unended.reads, failed.reads) == (0, 1, 1)
+
+    # a writer that did not drain: nothing is known to have gone through, every trial is read
+    stuck = MLflowTrialLogger(uri, exp, parent)
+    for r in (whole, unended, failed):
+        trial_id = r.metrics["trial_id"]
+        run = stuck.runs.run_id_for(trial_id, r.config, f"trainable_{trial_id}")
+        stuck.runs.created.add(run)
+        stuck.runs.ended.add(run)
+    stuck.close = lambda timeout_s=120.0: False
+    assert stuck.sync([whole, unended, failed]) == 0
+    assert (whole.reads, unended.reads, failed.reads) == (1, 2, 2)
+
+    _, kids = search_runs(uri, "s")
+    assert len(kids) == 3 and all(k.info.status == "FINISHED" for k in kids)
+    for kid in kids:
+        assert epoch_points(client, kid) == [1, 2, 3]
+
+
 # --------------------------------------------------------------------------- killed processes
 
 

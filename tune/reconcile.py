@@ -10,6 +10,7 @@ trial has exactly one run. A second reconcile changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from tune import names as N
@@ -19,14 +20,17 @@ from tune.trial_runs import TRIAL_TAG, TrialRuns, trial_number
 ORPHAN_TAG = "clustertune.orphan"
 
 
-def reconcile(runs: TrialRuns, results) -> tuple[int, set[str]]:
-    """(how many runs changed, the trial ids seen) for a Tune ResultGrid; raises if MLflow fails."""
+def reconcile(runs: TrialRuns, results, complete: Collection[str] = ()) -> tuple[int, set[str]]:
+    """(how many runs changed, the trial ids seen) for a Tune ResultGrid; raises if MLflow fails.
+    Trials in `complete` (their runs known to hold everything) are not read again."""
     changed, trial_ids = 0, set()
     for r in results:
         trial_id = dict(r.metrics or {}).get("trial_id")
         if not trial_id:
             continue
         trial_ids.add(trial_id)
+        if trial_id in complete:
+            continue
         if retry(lambda r=r, t=trial_id: _complete_run(runs, t, r), "sync"):
             changed += 1
     return changed + retry(lambda: _drop_orphans(runs, trial_ids), "orphan check"), trial_ids

@@ -279,11 +279,17 @@ class MLflowTrialLogger(Callback):
     def sync(self, results) -> int:
         """Make every trial of a Tune ResultGrid one complete run (tune/reconcile.py); returns
         how many runs it changed. Raises if MLflow fails."""
-        self.close()  # the writer's queue first (quick while the store is down: it skips)
+        drained = self.close()  # the writer's queue first (quick with the store down: it skips)
         if not store_is_up(self.tracking_uri, timeout_s=5.0):  # no retries against a dead server
             raise TrackingError(f"MLflow store {redact(self.tracking_uri)} does not answer")
         self.writer.offline_until = None
-        changed, trial_ids = reconcile(self.runs, results)
+        # Runs this driver wrote whole (every job of theirs ran and none failed) need no re-read;
+        # with the queue not drained, no job is known to have run.
+        complete = set()
+        if drained:
+            complete = {t for t in self.runs.run_ids if self.runs.written_here(t)}
+            complete -= self.writer.pending
+        changed, trial_ids = reconcile(self.runs, results, complete)
         # the hypervolume points the writer missed are logged with the summary (tune/report.py)
         self.writer.pending -= {*trial_ids, f"search:{self.parent_run_id}"}
         return changed

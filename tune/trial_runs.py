@@ -45,6 +45,10 @@ class TrialRuns:
         # run id -> its per-epoch points as (epoch, train loss), and the runs holding a final result
         self.epochs_logged: dict[str, set[tuple[int, float]]] = {}
         self.final_logged: set[str] = set()
+        # run ids this process created, and those it ended: a run in both holds every write
+        # made through it (see written_here)
+        self.created: set[str] = set()
+        self.ended: set[str] = set()
 
     def run_id_for(
         self, trial_id: str, config: Mapping[str, Any], name: str, number: int | None = None
@@ -82,6 +86,7 @@ class TrialRuns:
                 },
             )
             run_id = run.info.run_id
+            self.created.add(run_id)
             if self.dataset is not None:
                 self.client.log_inputs(run_id, datasets=[self.dataset])
             self.epochs_logged[run_id] = set()
@@ -138,6 +143,14 @@ class TrialRuns:
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         failed = errored or result.get(N.STATUS) == N.Status.DIVERGED
         self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+        self.ended.add(run_id)
+
+    def written_here(self, trial_id: str) -> bool:
+        """True if this process both created and ended the trial's run. Tune passes a trial
+        every result before it ends it, and the writer runs jobs in order, so such a run holds
+        every result unless a write failed (the caller knows: StoreWriter.pending)."""
+        run_id = self.run_ids.get(trial_id)
+        return run_id in self.created and run_id in self.ended
 
     def child_runs(self) -> list:
         """Every active child run of this search (all pages)."""
