@@ -714,7 +714,7 @@ def bench_trial(mode: Mode, ref_abo_epochs: int | None) -> tuple[list[Row], list
         config["epochs"] = mode.trial_ae_epochs
     if mode.trial_abo_epochs is not None:
         config["abo_epochs"] = mode.trial_abo_epochs
-    if ref_abo_epochs is not None and ref_abo_epochs >= int(config["abo_epochs"]):
+    if ref_abo_epochs is not None and ref_abo_epochs >= config["abo_epochs"]:
         ref_abo_epochs = None
     log(
         f"trial: {dataset.name} {len(dataset.x_train):,} train / {len(dataset.x_test):,} test, "

@@ -68,7 +68,7 @@ from tune.selection import hypervolume  # noqa: E402
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SCHEDULERS = ("fifo", "mo-asha")
 CASES = {
-    # The README's default search: ~35 min per scheduler on 2 CPU cores.
+    # The README's default search, once per scheduler: the longest case by far.
     "default": {"space": "default", "dataset": "fashion-mnist", "num_samples": 20},
     # A few minutes in all: checks the script end to end, the numbers mean little. The smoke
     # space itself trains too little to beat the reference loss: every hypervolume would be 0.
@@ -187,7 +187,7 @@ def read_trials(experiment_dir: Path) -> tuple[list[Row], int]:
     failed = 0
     for trial_dir in sorted(p.parent for p in experiment_dir.glob("*/params.json")):
         result = last_result(trial_dir / "result.json")
-        status = result.get(N.STATUS) if result else None
+        status = result[N.STATUS] if result and N.is_final(result) else None
         if status is None and (trial_dir / "error.txt").exists():
             failed += 1
             continue
@@ -206,23 +206,26 @@ def read_trials(experiment_dir: Path) -> tuple[list[Row], int]:
 
 def tune_start(experiment_dir: Path) -> float:
     """Tune's start time from its experiment state (the earliest, when a search was resumed)."""
-    states = sorted(experiment_dir.glob("experiment_state-*.json"))
-    if not states:
-        raise SystemExit(f"{experiment_dir}: no experiment_state-*.json: not a Tune experiment")
-    return float(json.loads(states[0].read_text())["stats"]["start_time"])
+    from tune.ray_private import EXPERIMENT_STATE, experiment_start_time
+
+    start = experiment_start_time(experiment_dir)
+    if start is None:
+        raise SystemExit(f"{experiment_dir}: no {EXPERIMENT_STATE}: not a Tune experiment")
+    return start
 
 
 def reference_from_data(experiment_dir: Path) -> tuple[float, float]:
     """The search's reference point recomputed from its data, as tune/search.py computes it."""
     from tune.data import load_dataset
-    from tune.search import hypervolume_reference
+    from tune.search import SETTINGS_FILE, hypervolume_reference
 
-    saved = json.loads((experiment_dir / "clustertune.json").read_text())
+    # the settings the search started with (every key of RESUMED_SETTINGS is saved)
+    saved = json.loads((experiment_dir / SETTINGS_FILE).read_text())
     dataset = load_dataset(
         saved["dataset"],
-        saved.get("data_dir"),
-        val_fraction=saved.get("val_fraction", 1 / 6),
-        seed=saved.get("seed", 0),
+        saved["data_dir"],
+        val_fraction=saved["val_fraction"],
+        seed=saved["seed"],
         download=False,
     )
     return hypervolume_reference(dataset)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -140,16 +139,15 @@ def marginal(case: str, small: dict, large: dict) -> dict:
 def machine() -> str:
     import torch
 
-    with open("/proc/cpuinfo") as f:
-        cpu = next(
-            (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-            platform.processor(),
-        )
-    commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    from tune.provenance import cpu_model, git_commit
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return f"{cpu}, {os.cpu_count()} cores, GPU: {gpu}, torch {torch.__version__}, commit {commit}"
+    sha = git_commit()
+    commit = sha[:7] + ("-dirty" if sha.endswith("-dirty") else "")
+    return (
+        f"{cpu_model()}, {os.cpu_count()} cores, GPU: {gpu}, torch {torch.__version__}, "
+        f"commit {commit}"
+    )
 
 
 def main() -> None:

@@ -208,7 +208,7 @@ def stage_cost(ds, config: dict[str, Any], kind: str, rounds: int = 3) -> dict[s
     cfg = TrialConfig.from_flat(config)
     model = build_autoencoder(cfg.autoencoder, ds.image_shape)
     x = images_to_tensor(ds.x_train)
-    bs = config["batch_size"]
+    bs = cfg.training.batch_size
     meter = OtherLoad()
     last: dict[str, tuple[dict, dict]] = {}  # run -> (its last epoch's record, its state)
 

@@ -10,8 +10,8 @@ The algorithm, exactly as the document describes it:
 `ABONet` + `reference_fit` are that algorithm as a plain PyTorch autograd loop (the document's code
 shape). `ABOClusterer.fit` computes the same steps with a closed-form gradient and a fused Adam update
 in one numba-compiled loop per epoch: 375,000 steps of a 640-parameter problem are pure per-step
-overhead for an autograd loop (204-212 s on 2 cores, bench/RESULTS.md), and a GPU would not help a chain of tiny
-sequential steps either, so the fast path always runs on the CPU.
+overhead for an autograd loop (minutes per fit: bench/RESULTS.md), and a GPU would not help a
+chain of tiny sequential steps either, so the fast path always runs on the CPU.
 
 Closed-form gradient (with dbar_i = sum_k q_ik d_ik and B the batch size):
   dL/dd_ij = q_ij * (1 - (d_ij - dbar_i) / T) / B =: g_ij

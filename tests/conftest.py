@@ -56,7 +56,7 @@ SEARCH = [sys.executable, str(REPO / "tune" / "search.py")]
 
 def run_search(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
     """`python tune/search.py ARGS` to the end, output captured. The timeout only catches a hang:
-    on a machine busy with other work a smoke search can take ten minutes."""
+    on a machine busy with other work a smoke search takes many times its usual time."""
     return subprocess.run(
         [*SEARCH, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
     )
@@ -243,7 +243,7 @@ def reported_epochs(rows: list[dict]) -> list[list[float]]:
 
 def finished(experiment_dir: Path) -> set[str]:
     """Trials whose final result (with a status) is on disk."""
-    return {t for t, rows in trial_results(experiment_dir).items() if N.STATUS in rows[-1]}
+    return {t for t, rows in trial_results(experiment_dir).items() if N.is_final(rows[-1])}
 
 
 def saved_statuses(experiment_dir: Path) -> dict[str, str]:

@@ -7,6 +7,7 @@ A failure here means a Ray upgrade changed one of the internals that module read
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 import optuna
@@ -150,7 +151,7 @@ def test_the_helpers_for_the_cluster_tests_exist():
 
 @pytest.mark.slow
 def test_a_real_experiment_is_read_and_its_restored_callbacks_replaced(tmp_path):
-    """One trial on a local Ray (about 30 s on 2 busy cores): what --resume relies on."""
+    """One trial on a local Ray: what --resume relies on."""
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
@@ -158,6 +159,7 @@ def test_a_real_experiment_is_read_and_its_restored_callbacks_replaced(tmp_path)
         trainable = make_trainable()
         marks = tmp_path / "marks"
         marks.mkdir()
+        before = int(time.time())  # Tune's start time may be rounded down to the second
         tune.Tuner(
             trainable,
             param_space={"x": tune.uniform(0, 1)},
@@ -175,6 +177,9 @@ def test_a_real_experiment_is_read_and_its_restored_callbacks_replaced(tmp_path)
         with relied_on(f"the experiment state ({ray_private.EXPERIMENT_STATE}, trial_data)"):
             statuses = ray_private.saved_trial_statuses(experiment)
             assert list(statuses.values()) == [ray_private.TERMINATED], statuses
+        with relied_on(f"the experiment's start time ({ray_private.EXPERIMENT_STATE}, stats)"):
+            started_at = ray_private.experiment_start_time(experiment)
+            assert started_at is not None and before <= started_at <= time.time(), started_at
         with relied_on(f"the search generator state ({ray_private.SEARCH_GEN_STATE})"):
             assert ray_private.searcher_created_all(experiment)
         with relied_on(f"the searcher state ({ray_private.SEARCHER_STATE})"):

@@ -249,7 +249,7 @@ def test_the_optuna_study_is_a_journal_whose_best_trials_are_the_front(smoke_sea
 
 
 def test_credentials_in_urls_are_redacted():
-    from tune.tracking import redact
+    from tune.store import redact
 
     cmd = "python tune/search.py --mlflow-uri http://alice:s3cret@10.0.0.1:5000 --address auto"
     assert "s3cret" not in redact(cmd) and "alice" not in redact(cmd)

@@ -202,7 +202,7 @@ def test_cuda_graph_training_matches_eager_and_resumes(digits, cfg, monkeypatch)
     assert len(x_tr) % 32  # the last, shorter batch of each epoch runs eagerly
     assert len(replays) == 3 * (len(x_tr) // 32)  # every full batch of the 3 epochs, replayed
     # Same updates in the same order; cuBLAS/cuDNN may pick other kernels under capture, so the
-    # float sums can differ in the last bits (a first H100 run saw 2e-5 relative on the conv).
+    # float sums can differ in the last bits.
     for a, b in zip(eager_hist, graphed_hist, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)

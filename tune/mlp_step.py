@@ -61,8 +61,8 @@ class MLPStep:
 
     def __init__(self, layers: list[tuple[nn.Linear, nn.Module | None]], n_encoder: int) -> None:
         self.layers = layers
-        # Everything a step needs, looked up once: at batch 32 each dispatcher call or attribute
-        # lookup is a few µs of a ~850 µs step. W^T are views: the parameters are updated in place,
+        # Everything a step needs, looked up once: at batch 32 a step is short enough that each
+        # dispatcher call or attribute lookup is a visible share of it. W^T are views: the parameters are updated in place,
         # so the views stay current; the gradients are views of the optimiser's flat buffer.
         self.forward_plan = [(lin.bias, lin.weight.t(), _inplace(act)) for lin, act in layers]
         backward_plan = [

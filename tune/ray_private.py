@@ -20,6 +20,9 @@ something it relies on is gone. Each use is here because Ray has no public API f
   experiment_state-<session>.json (TuneController.CKPT_FILE_TMPL; "trial_data" holds
   [trial JSON state, runtime metadata] pairs) and search_gen_state-<session>.json
   (SearchGenerator.CKPT_FILE_TMPL; a cloudpickled dict despite its name).
+- `experiment_start_time`: when a search started (bench/bench_scheduler.py places its trials
+  in time from it): `stats.start_time` of the experiment state, the earliest session's when a
+  search was resumed.
 - `saved_optuna_study`: the Optuna study OptunaSearch pickles (its `__dict__`, key `_ot_study`)
   into searcher-state-<session>.pkl (Searcher.CKPT_FILE_TMPL); the fault tests check what Optuna
   was told.
@@ -113,6 +116,14 @@ def searcher_created_all(experiment_dir: Path) -> bool:
     with state.open("rb") as f:
         generator = pickle.load(f)
     return bool(generator["finished"] or generator["counter"] >= generator["total_samples"])
+
+
+def experiment_start_time(experiment_dir: Path) -> float | None:
+    """Unix time at which Tune started the experiment's first session; None without a state."""
+    state = min(Path(experiment_dir).glob(EXPERIMENT_STATE), default=None)
+    if state is None:
+        return None
+    return float(json.loads(state.read_text())["stats"]["start_time"])
 
 
 def saved_optuna_study(experiment_dir: Path):

@@ -4,8 +4,8 @@
 projection). `reduction: umap` is N2D's manifold step (McConville et al., 2020): UMAP
 (umap-learn) fitted on `umap_fit_size` seeded train codes, then applied to every split with
 `transform`, so train, validation, test and the served champion go through the same map. Fitting
-on a subsample bounds its cost (UMAP's fit grows faster than linearly; 50k codes would take
-minutes on 2 cores), and `transform` of the rest is cheaper per point.
+on a subsample bounds its cost (UMAP's fit grows faster than linearly in the number of points),
+and `transform` of the rest is cheaper per point.
 
 umap-learn is imported only when a trial uses it (the import costs seconds, and its numba
 functions compile on their first call in each worker process: bench/RESULTS.md gives the cost).

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(_ROOT)
 DEFAULT_STORAGE = REPO_ROOT / "ray_results"
 SMOKE_SAMPLES = 4
-DEFAULT_SAMPLES = 20  # with the default space: about 30 minutes on Fashion-MNIST, 2 trials at once
+DEFAULT_SAMPLES = 20  # the default space's budget; its wall time is in the README
 
 
 class UsageError(Exception):

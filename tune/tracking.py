@@ -35,17 +35,7 @@ from tune.mlflow_writer import OFFLINE_COOLDOWN_S, StoreWriter
 from tune.provenance import git_commit
 from tune.reconcile import ORPHAN_TAG, reconcile
 from tune.selection import hypervolume
-from tune.store import (  # noqa: F401 - the store helpers, also importable from here
-    LOCAL_STORE,
-    TrackingError,
-    check_tracking_uri,
-    default_tracking_uri,
-    error_line,
-    fail_fast_http,
-    prepare_store,
-    redact,
-    store_is_up,
-)
+from tune.store import TrackingError, redact, store_is_up
 from tune.trial_runs import PARENT_TAG, SEARCH_TAG, TRIAL_TAG, TrialRuns, trial_number
 
 __all__ = ["MLflowTrialLogger", "ORPHAN_TAG", "PARENT_TAG", "SEARCH_TAG", "TRIAL_TAG"]

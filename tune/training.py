@@ -156,9 +156,8 @@ def embed(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> to
 class GraphedStep:
     """One full training step (gather, forward, backward, Adam, loss sum) as a replayable CUDA graph.
 
-    At batch 32 a GPU step is a few dozen tiny kernels and the launch overhead dominates (about
-    0.6 ms per MLP step and 2.8 ms per conv step on an H100, bench/RESULTS.md); a graph replays them
-    with one launch. Only full batches are replayed: the epoch's last, shorter batch runs eagerly
+    At batch 32 a GPU step is a few dozen tiny kernels and the launch overhead dominates; a graph
+    replays them with one launch. Only full batches are replayed: the epoch's last, shorter batch runs eagerly
     through the same `body`. Capturing needs warm-up steps, which move the weights, Adam's state,
     batch-norm statistics and the RNG: `graphed_or_eager` snapshots all of it first and restores
     it after, so training is the same sequence of updates as without the graph.
