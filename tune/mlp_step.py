@@ -62,8 +62,9 @@ class MLPStep:
     def __init__(self, layers: list[tuple[nn.Linear, nn.Module | None]], n_encoder: int) -> None:
         self.layers = layers
         # Everything a step needs, looked up once: at batch 32 a step is short enough that each
-        # dispatcher call or attribute lookup is a visible share of it. W^T are views: the parameters are updated in place,
-        # so the views stay current; the gradients are views of the optimiser's flat buffer.
+        # dispatcher call or attribute lookup is a visible share of it. W^T are views: the
+        # parameters are updated in place, so the views stay current; the gradients are views
+        # of the optimiser's flat buffer.
         self.forward_plan = [(lin.bias, lin.weight.t(), _inplace(act)) for lin, act in layers]
         backward_plan = [
             (i, lin.weight, lin.weight.grad, lin.bias.grad, _backward_of(act))

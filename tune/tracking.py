@@ -275,10 +275,8 @@ class MLflowTrialLogger(Callback):
         self.writer.offline_until = None
         # Runs this driver wrote whole (every job of theirs ran and none failed) need no re-read;
         # with the queue not drained, no job is known to have run.
-        complete = set()
-        if drained:
-            complete = {t for t in self.runs.run_ids if self.runs.written_here(t)}
-            complete -= self.writer.pending
+        whole = {t for t in self.runs.run_ids if self.runs.written_here(t)} if drained else set()
+        complete = whole - self.writer.pending
         changed, trial_ids = reconcile(self.runs, results, complete)
         # the hypervolume points the writer missed are logged with the summary (tune/report.py)
         self.writer.pending -= {*trial_ids, f"search:{self.parent_run_id}"}
