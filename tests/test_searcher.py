@@ -8,6 +8,7 @@ directly, with the experiment moved in between, as after `mv` or on another mach
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import shutil
 
@@ -58,6 +59,23 @@ def test_a_restored_searcher_rebuilds_its_journal_where_it_is_told(tmp_path):
     )
     assert study.metric_names == list(N.OBJECTIVES)
     assert sorted(t.values for t in study.best_trials) == [[0.5, 0.1], [0.6, 0.2]]
+
+
+def test_journaling_a_trial_never_waits_on_a_file_sync(tmp_path, monkeypatch):
+    """Tune's driver loop waits on every journal write (one per suggested parameter): no lock
+    file and no fsync per record, and the file still shows the study to a reader as it goes."""
+
+    def no_sync(fd):
+        raise AssertionError("the journal synced the file")
+
+    monkeypatch.setattr(os, "fsync", no_sync)
+    journal = tmp_path / "optuna.journal"
+    searcher = make_searcher(load_space("smoke"), 0, journal, "s")
+    for trial_id in ("a", "b"):
+        searcher.suggest(trial_id)
+    searcher.on_trial_complete("a", {N.SILHOUETTE: 0.5, N.RECON_LOSS: 0.1, N.STATUS: "ok"})
+    assert trials_in(journal) == [(0, "COMPLETE"), (1, "RUNNING")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["optuna.journal"]  # no lock left
 
 
 def test_a_new_search_never_continues_an_old_journal(tmp_path):

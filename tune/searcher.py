@@ -12,14 +12,15 @@ rebuilds the file wherever its experiment is now (moved, or another machine for 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import optuna
 from optuna.storages import JournalStorage
-from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
+from optuna.storages.journal import BaseJournalBackend
 from ray.tune.search.optuna import OptunaSearch
 
 from tune import names as N
@@ -35,52 +36,65 @@ def define(trial, space: SearchSpace, seed: int) -> dict[str, Any]:
 
 
 class ExperimentJournal(BaseJournalBackend):
-    """An Optuna journal file that carries its content when pickled.
+    """The study's journal: kept in memory, written to a file for optuna-dashboard, and carried
+    whole when pickled.
 
-    Tune pickles the searcher, and with it the study's storage, at every experiment checkpoint.
-    A pickled journal holds its logs, not an open file: unpickled, it answers reads from them and
-    writes the file (at `path`, which the owner may change first) only when it must. So a resumed
-    search never depends on where the first start kept the file (the experiment may have moved),
-    and its journal holds exactly the study Tune restored: trials begun after the last
-    checkpoint, which Tune forgets too, are not in it.
+    Optuna's JournalFileBackend locks the file and fsyncs it for every record (one per suggested
+    parameter), and re-reads it for every read; Tune's driver loop waits on each of those, and
+    meanwhile trials wait on their `tune.report`. Here the driver is the only writer, so a record
+    is appended without a lock or a sync, and reads are answered from memory. The file is a view:
+    a record lost with the machine costs nothing, because `--resume` restores the study from
+    Tune's pickle of the searcher, which carries every record (and optuna-dashboard skips a half
+    written last line).
+
+    Unpickled, the journal writes the file (at `path`, which the owner may change first) only
+    when it must. So a resumed search never depends on where the first start kept the file (the
+    experiment may have moved), and its journal holds exactly the study Tune restored: trials
+    begun after the last checkpoint, which Tune forgets too, are not in it.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._logs: list[dict[str, Any]] = []  # while unbound: the logs it carries
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._file: JournalFileBackend | None = JournalFileBackend(self.path)
+        file = Path(self.path)
+        # an existing file's records first, as Optuna's own file backend would continue them
+        lines = file.read_bytes().splitlines() if file.exists() else []
+        self._logs: list[dict[str, Any]] = [json.loads(line) for line in lines if line.strip()]
+        file.parent.mkdir(parents=True, exist_ok=True)
+        self._file: BinaryIO | None = open(file, "ab")  # noqa: SIM115 - open while the search runs
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "logs": self.read_logs(0)}
+        return {"path": self.path, "logs": list(self._logs)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.path, self._logs, self._file = state["path"], state["logs"], None
+        self.path, self._logs, self._file = state["path"], list(state["logs"]), None
 
     def read_logs(self, log_number_from: int) -> list[dict[str, Any]]:
-        if self._file is None:
-            return self._logs[log_number_from:]
-        return list(self._file.read_logs(log_number_from))
+        return self._logs[log_number_from:]
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         if self._file is None:
             self.bind()
-        self._file.append_logs(logs)
+        self._logs += logs
+        self._file.write(_lines(logs))
+        self._file.flush()  # optuna-dashboard sees each record as it comes
 
     def bind(self) -> None:
-        """Make the file at `path` hold this journal's logs, replacing what is there, and journal
-        there from now on. The logs keep their numbers, so the storage goes on where it was."""
-        logs = self.read_logs(0)
+        """Make the file at `path` hold this journal's records, replacing what is there, and
+        journal there from now on. The records keep their numbers, so the storage goes on where
+        it was."""
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         staged = path.with_name(path.name + ".restoring")
-        staged.unlink(missing_ok=True)
-        if logs:  # JournalFileBackend writes a blank line for none
-            JournalFileBackend(str(staged)).append_logs(logs)
-        else:
-            staged.touch()
+        staged.write_bytes(_lines(self._logs))
         os.replace(staged, path)  # a reader (optuna-dashboard) never sees half a file
-        self._file, self._logs = JournalFileBackend(str(path)), []
+        if self._file is not None:
+            self._file.close()
+        self._file = open(path, "ab")  # noqa: SIM115
+
+
+def _lines(logs: list[dict[str, Any]]) -> bytes:
+    """Journal records as Optuna's file backend writes them: one compact JSON line each."""
+    return b"".join(json.dumps(log, separators=(",", ":")).encode() + b"\n" for log in logs)
 
 
 class ClusterSearch(OptunaSearch):
