@@ -25,20 +25,14 @@ from pathlib import Path
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a live process, in seconds (its own, not its children's)."""
+def stat(pid: int) -> tuple[int, float] | None:
+    """(start time in clock ticks since boot, CPU seconds used: user + system, its own and not
+    its children's) of a live process, from one read of /proc/PID/stat."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return None
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def start_ticks(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
+    return int(fields[19]), (int(fields[11]) + int(fields[12])) / TICK
 
 
 def command_line(pid: int) -> str:
@@ -70,7 +64,8 @@ def main() -> None:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise SystemExit("cpu_by_process.py: no command given (put it after --)")
-    boot = max(start_ticks(pid) or 0 for pid in map(int, filter(str.isdigit, os.listdir("/proc"))))
+    stats = (stat(int(name)) for name in os.listdir("/proc") if name.isdigit())
+    boot = max(st[0] for st in stats if st is not None)
     began = time.perf_counter()
     proc = subprocess.Popen(command)
     last: dict[int, tuple[str, float]] = {}  # pid -> (group, CPU seconds at its last sample)
@@ -79,12 +74,11 @@ def main() -> None:
             if not name.isdigit() or int(name) == os.getpid():
                 continue
             pid = int(name)
-            if (start_ticks(pid) or 0) < boot:  # started before the command: not its own
+            st = stat(pid)
+            if st is None or st[0] < boot:  # gone, or started before the command: not its own
                 continue
-            used = cpu_seconds(pid)
-            if used is not None:
-                label = last[pid][0] if pid in last else group(pid, proc.pid, command_line(pid))
-                last[pid] = (label, used)
+            label = last[pid][0] if pid in last else group(pid, proc.pid, command_line(pid))
+            last[pid] = (label, st[1])
         if proc.poll() is not None:
             break
         time.sleep(args.interval)

@@ -54,13 +54,14 @@ class ExperimentJournal(BaseJournalBackend):
     """
 
     def __init__(self, path: str | Path) -> None:
+        """A new journal at `path`; a file already there is refused, never continued."""
         self.path = str(path)
-        file = Path(self.path)
-        # an existing file's records first, as Optuna's own file backend would continue them
-        lines = file.read_bytes().splitlines() if file.exists() else []
-        self._logs: list[dict[str, Any]] = [json.loads(line) for line in lines if line.strip()]
-        file.parent.mkdir(parents=True, exist_ok=True)
-        self._file: BinaryIO | None = open(file, "ab")  # noqa: SIM115 - open while the search runs
+        self._logs: list[dict[str, Any]] = []
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:  # open while the search runs
+            self._file: BinaryIO | None = open(self.path, "xb")  # noqa: SIM115
+        except FileExistsError:  # Ray's OptunaSearch would quietly continue its study
+            raise FileExistsError(f"{path}: a new search needs a new Optuna journal") from None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "logs": list(self._logs)}
@@ -147,8 +148,6 @@ def make_searcher(
 ) -> ClusterSearch:
     """Two objectives (names and directions from tune.names), seeded TPE, the space's points
     first; the study is `study_name` in a new journal file at `journal_path`."""
-    if Path(journal_path).exists():  # Ray's OptunaSearch would quietly continue its study
-        raise FileExistsError(f"{journal_path}: a new search needs a new Optuna journal")
     journal = ExperimentJournal(journal_path)
     searcher = ClusterSearch(
         journal=journal,

@@ -158,9 +158,9 @@ class GraphedStep:
 
     At batch 32 a GPU step is a few dozen tiny kernels and the launch overhead dominates; a graph
     replays them with one launch. Only full batches are replayed: the epoch's last, shorter batch
-    runs eagerly through the same `body`. Capturing needs warm-up steps, which move the weights, Adam's state,
-    batch-norm statistics and the RNG: `graphed_or_eager` snapshots all of it first and restores
-    it after, so training is the same sequence of updates as without the graph.
+    runs eagerly through the same `body`. Capturing needs warm-up steps, which move the weights,
+    Adam's state, batch-norm statistics and the RNG: `graphed_or_eager` snapshots all of it first
+    and restores it after, so training is the same sequence of updates as without the graph.
     """
 
     def __init__(
