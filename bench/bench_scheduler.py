@@ -27,6 +27,8 @@ minutes) to bench/scheduler_hypervolume.png.
     .venv/bin/python bench/bench_scheduler.py --from DIR_FIFO DIR_MOASHA   # analyse, run nothing
     .venv/bin/python bench/bench_scheduler.py --fifo-from DIR_FIFO --grace-period 1 \
         --mo-asha-samples 40     # mo-asha only, against an earlier run's FIFO search
+    .venv/bin/python bench/bench_scheduler.py --mo-asha-samples 40 --equal-time
+                                 # mo-asha gets more trials, and stops at FIFO's wall time
 
 At equal time the comparison is fair only if mo-asha has trials left to run: the trials it stops
 early free the time FIFO spends finishing its own, so give it more with --mo-asha-samples.
@@ -66,7 +68,6 @@ from tune.provenance import cpu_model  # noqa: E402
 from tune.selection import hypervolume  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
-SCHEDULERS = ("fifo", "mo-asha")
 CASES = {
     # The README's default search, once per scheduler: the longest case by far.
     "default": {"space": "default", "dataset": "fashion-mnist", "num_samples": 20},
@@ -313,6 +314,8 @@ def run_search(scheduler: str, args: argparse.Namespace) -> Path:
     ]
     if scheduler == "mo-asha" and args.grace_period is not None:
         cmd += ["--grace-period", str(args.grace_period)]
+    if scheduler == "mo-asha" and args.budget_min is not None:
+        cmd += ["--time-budget-min", f"{args.budget_min:.2f}"]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     log = tmp / "search.out"
@@ -564,6 +567,12 @@ def main(argv: list[str] | None = None) -> None:
         help="take FIFO's search from this experiment directory (an earlier run of this script) "
         "and run mo-asha only",
     )
+    p.add_argument(
+        "--equal-time",
+        action="store_true",
+        help="stop mo-asha at FIFO's wall time (search.py --time-budget-min), so that it can be "
+        "given more trials (--mo-asha-samples) without running longer than FIFO did",
+    )
     p.add_argument("--max-concurrent", type=int, default=2, help="trials at once (1 CPU each)")
     p.add_argument("--seed", type=int, default=0, help="the searches' --seed")
     p.add_argument(
@@ -582,6 +591,7 @@ def main(argv: list[str] | None = None) -> None:
         "--no-write", action="store_true", help="print only; do not append to RESULTS.md"
     )
     args = p.parse_args(argv)
+    args.budget_min = None
     case = "quick" if args.quick else "default"
     for key, value in CASES[case].items():
         if getattr(args, key) is None:
@@ -591,10 +601,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.from_dirs:
         case = "from existing searches"
         dirs = args.from_dirs
-    elif args.fifo_from:
-        dirs = [args.fifo_from, run_search("mo-asha", args)]
-    else:
-        dirs = [run_search(s, args) for s in SCHEDULERS]  # one after the other, never together
+    else:  # one after the other, never together
+        fifo_dir = args.fifo_from or run_search("fifo", args)
+        if args.equal_time:
+            args.budget_min = read_search("fifo", fifo_dir).wall_s / 60
+        dirs = [fifo_dir, run_search("mo-asha", args)]
     comparison = compare(read_search("fifo", dirs[0]), read_search("mo-asha", dirs[1]))
     plot(comparison, plot_path)
     bench_cmd = shlex.join(

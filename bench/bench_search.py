@@ -11,6 +11,8 @@ bench/RESULTS.md.
     .venv/bin/python bench/bench_search.py --only smoke --num-samples 8 64
         # two sizes: also the marginal overhead per extra trial, which the fixed start-up
         # (imports, joining Ray, summary, champion model) does not enter
+    .venv/bin/python bench/bench_search.py --only smoke --num-samples 8 64 --repeats 3
+        # the same, each size 3 times (alternating), marginal overhead from the medians
     .venv/bin/python bench/bench_search.py --from-search NAME --storage-path DIR --dataset fashion-mnist
         # replay the trials of an existing search (e.g. the default one) instead of running one
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -136,6 +139,32 @@ def marginal(case: str, small: dict, large: dict) -> dict:
     )
 
 
+def median(values: list[float]) -> float:
+    v = sorted(values)
+    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
+
+
+def marginal_of_repeats(case: str, runs: list[dict]) -> dict:
+    """The marginal overhead from repeated runs of two sizes: per size, the median over runs of
+    the search's seconds beyond its own direct replay (each run's configs replayed, so TPE's
+    different picks cancel) and the median direct time; then the extra trials' share. Medians:
+    one run's fixed costs (Ray's start, imports) vary by more than the per-trial cost."""
+    sizes = sorted({r["trials"] for r in runs})
+    small, large = sizes[0], sizes[-1]
+
+    def at(n: int, key) -> float:
+        return median([key(r) for r in runs if r["trials"] == n])
+
+    extra = at(large, lambda r: r["search_s"] - r["direct_s"]) - at(
+        small, lambda r: r["search_s"] - r["direct_s"]
+    )
+    direct = at(large, lambda r: r["direct_s"]) - at(small, lambda r: r["direct_s"])
+    n = large - small
+    row_ = row(f"{case}, marginal ({small} -> {large}), medians", n, direct + extra, direct, 0.0)
+    row_["mean_trial_s"] = math.nan
+    return row_
+
+
 def machine() -> str:
     import torch
 
@@ -163,6 +192,13 @@ def main() -> None:
         help="trial counts to run each case with (default: the case's own); with two or more, "
         "also the marginal overhead between the smallest and largest",
     )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run every size this many times, the sizes alternating; the marginal overhead then "
+        "comes from the medians (see marginal_of_repeats)",
+    )
     p.add_argument("--storage-path", default=str(REPO / "ray_results"))
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument(
@@ -183,12 +219,19 @@ def main() -> None:
         rows = []
         for c in args.only:
             case = CASES[c]
-            runs = [
-                run_case(f"{c}-{n}" if args.num_samples else c, case["space"], case["dataset"], n)
-                for n in args.num_samples or [case["num_samples"]]
-            ]
+            sizes = args.num_samples or [case["num_samples"]]
+            runs = []
+            for k in range(args.repeats):
+                for n in sizes:
+                    label = f"{c}-{n}" if args.num_samples else c
+                    runs.append(run_case(label, case["space"], case["dataset"], n))
+                    if args.repeats > 1:
+                        runs[-1]["case"] += f", run {k + 1}"
+                    print(runs[-1], flush=True)
             rows += runs
-            if len(runs) > 1:
+            if len(sizes) > 1 and args.repeats > 1:
+                rows.append(marginal_of_repeats(c, runs))
+            elif len(sizes) > 1:
                 rows.append(marginal(c, min(runs, key=trials), max(runs, key=trials)))
     lines = [
         f"\n## Search throughput and overhead ({time.strftime('%Y-%m-%d %H:%M')})\n",
