@@ -152,3 +152,40 @@ def test_read_trials_takes_each_trials_last_result(tmp_path: Path) -> None:
     assert failed == 1
     assert [(r[0], r[3]) for r in rows] == [(20.0, OK), (15.0, None), (30.0, OK)]
     assert math.isnan(rows[1][1])  # a stopped trial has rung values, not the objective
+
+
+class _LaunchedError(Exception):
+    """Raised by the fake subprocess.run: the command was built, nothing runs."""
+
+
+@pytest.mark.parametrize("equal_time", [True, False])
+def test_equal_time_stops_mo_asha_at_fifos_wall_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, equal_time: bool
+) -> None:
+    fifo = tmp_path / "bench-fifo"
+    fifo.mkdir()
+    timing = {
+        "start": START,
+        "end": START + 750.0,
+        "reference": list(REF),
+        "command": "",
+        "commit": "",
+    }
+    (fifo / bench.TIMING_FILE).write_text(json.dumps(timing))
+    launched: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **kw: object) -> None:
+        launched.append(cmd)
+        raise _LaunchedError
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    argv = ["--fifo-from", str(fifo), "--mo-asha-samples", "40", "--no-write"]
+    with pytest.raises(_LaunchedError):
+        bench.main(argv + (["--equal-time"] if equal_time else []))
+    (cmd,) = launched  # FIFO came from the directory: only mo-asha's search was launched
+    assert cmd[cmd.index("--scheduler") + 1] == "mo-asha"
+    assert cmd[cmd.index("--num-samples") + 1] == "40"
+    if equal_time:  # FIFO's 750 s from its command's start
+        assert cmd[cmd.index("--time-budget-min") + 1] == "12.50"
+    else:
+        assert "--time-budget-min" not in cmd

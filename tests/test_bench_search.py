@@ -1,0 +1,44 @@
+"""bench/bench_search.py's arithmetic: the marginal overhead per extra trial from repeated runs.
+
+    .venv/bin/python -m pytest tests/test_bench_search.py
+
+Hand-made run rows; no search runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parent.parent / "bench" / "bench_search.py"
+_spec = importlib.util.spec_from_file_location("bench_search", _PATH)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def run(trials: int, search_s: float, direct_s: float) -> dict:
+    return bench.row(f"smoke-{trials}", trials, search_s, direct_s, 1.0)
+
+
+def test_marginal_comes_from_the_medians_of_each_size() -> None:
+    runs = [
+        # 8 trials: search beyond direct 20, 22, 40 s (median 22); direct 10, 12, 11 (median 11)
+        run(8, 30.0, 10.0),
+        run(64, 70.0, 40.0),  # 64 trials: beyond direct 30, 26, 27 (median 27)
+        run(8, 34.0, 12.0),
+        run(64, 64.0, 38.0),  # direct 40, 38, 36 (median 38)
+        run(8, 51.0, 11.0),  # one slow start-up: the median ignores it
+        run(64, 63.0, 36.0),
+    ]
+    m = bench.marginal_of_repeats("smoke", runs)
+    assert m["trials"] == 56
+    assert m["direct_s"] == pytest.approx(38.0 - 11.0)  # the extra trials, called directly
+    assert m["search_s"] == pytest.approx(27.0 + (27.0 - 22.0))  # ... plus their extra overhead
+    assert m["overhead"] == pytest.approx(5.0 / 27.0)
+
+
+def test_median_of_an_even_count_is_the_middle_mean() -> None:
+    assert bench.median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    assert bench.median([5.0]) == 5.0
