@@ -43,8 +43,9 @@ CASES = {
 }
 
 
-def direct_trial(args: tuple[dict, str]) -> float:
-    """Run one trial in this worker process exactly as a 1-CPU Tune trial would; its seconds."""
+def direct_trial(args: tuple[dict, str]) -> tuple[float, float]:
+    """Run one trial in this worker process exactly as a 1-CPU Tune trial would; (its seconds,
+    the unix time it ended)."""
     config, dataset_name = args
     import torch
 
@@ -59,7 +60,26 @@ def direct_trial(args: tuple[dict, str]) -> float:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:  # the same outputs the Tune trial writes
         run_trial(config, ds, device="cpu", out_dir=out)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.time()
+
+
+def trial_ends(storage: Path, name: str) -> list[float]:
+    """The unix time (whole seconds: Tune's `timestamp`) of each trial's last result."""
+    ends = []
+    for result in sorted((storage / name).glob("*/result.json")):
+        lines = result.read_text().splitlines()
+        if lines:
+            ends.append(float(json.loads(lines[-1])["timestamp"]))
+    return ends
+
+
+def steady_seconds(ends: list[float]) -> float:
+    """Seconds per trial between the first trial's end and the last's: the rate at which trials
+    come out once the search runs, without its start-up (Ray, imports, data) and its end
+    (summary, champion), which dominate a short search and vary by more than the per-trial
+    cost."""
+    ends = sorted(ends)
+    return (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else math.nan
 
 
 def trial_configs(storage: Path, name: str) -> list[dict]:
@@ -103,9 +123,13 @@ def replay(label: str, storage: Path, name: str, dataset: str, search_s: float) 
     configs = trial_configs(storage, name)
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=2) as pool:
-        per_trial = list(pool.map(direct_trial, [(c, dataset) for c in configs]))
+        timed = list(pool.map(direct_trial, [(c, dataset) for c in configs]))
     direct_s = time.perf_counter() - start
-    return row(label, len(configs), search_s, direct_s, sum(per_trial) / len(configs))
+    r = row(label, len(configs), search_s, direct_s, sum(t for t, _ in timed) / len(configs))
+    r["search_steady_s"] = steady_seconds(trial_ends(storage, name))
+    r["direct_steady_s"] = steady_seconds([end for _, end in timed])
+    r["steady_overhead"] = r["search_steady_s"] / r["direct_steady_s"] - 1
+    return r
 
 
 def row(case: str, n: int, search_s: float, direct_s: float, mean_trial_s: float) -> dict:
@@ -237,13 +261,28 @@ def main() -> None:
         f"\n## Search throughput and overhead ({time.strftime('%Y-%m-%d %H:%M')})\n",
         f"Machine: {machine()}. 2 concurrent trials, 1 CPU each; direct = the same configs through "
         "`run_trial` in a 2-process pool.\n",
-        "| case | trials | search wall (s) | direct wall (s) | search trials/h | direct trials/h | overhead | mean trial (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "Steady = seconds per trial between the first trial's end and the last's (search: Tune's "
+        "whole-second timestamps), so start-up and the end of the search are left out.\n",
+        "| case | trials | search wall (s) | direct wall (s) | search trials/h | direct trials/h "
+        "| overhead | mean trial (s) | steady s/trial, search | steady s/trial, direct "
+        "| steady overhead |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        steady = [r.get(k, math.nan) for k in ("search_steady_s", "direct_steady_s")]
         lines.append(
             f"| {r['case']} | {r['trials']} | {r['search_s']:.1f} | {r['direct_s']:.1f} | "
-            f"{r['search_trials_per_h']:.0f} | {r['direct_trials_per_h']:.0f} | {100 * r['overhead']:+.1f}% | {r['mean_trial_s']:.1f} |"
+            f"{r['search_trials_per_h']:.0f} | {r['direct_trials_per_h']:.0f} | "
+            f"{100 * r['overhead']:+.1f}% | {r['mean_trial_s']:.2f} | {steady[0]:.3f} | "
+            f"{steady[1]:.3f} | {100 * r.get('steady_overhead', math.nan):+.1f}% |"
+        )
+    timed = [r for r in rows if "steady_overhead" in r]  # not the marginal rows
+    largest = max((r["trials"] for r in timed), default=0)
+    at_largest = [r["steady_overhead"] for r in timed if r["trials"] == largest]
+    if len(at_largest) > 1:
+        lines.append(
+            f"\nSteady overhead at {largest} trials, median of {len(at_largest)} runs: "
+            f"{100 * median(at_largest):+.1f}%"
         )
     text = "\n".join(lines) + "\n"
     print(text)

@@ -42,3 +42,20 @@ def test_marginal_comes_from_the_medians_of_each_size() -> None:
 def test_median_of_an_even_count_is_the_middle_mean() -> None:
     assert bench.median([4.0, 1.0, 3.0, 2.0]) == 2.5
     assert bench.median([5.0]) == 5.0
+
+
+def test_steady_seconds_leave_out_the_start_and_the_end() -> None:
+    # ends at 100 (first trial), then one every 2 s: 4 intervals in 8 s, whatever came before
+    assert bench.steady_seconds([108.0, 100.0, 104.0, 102.0, 106.0]) == 2.0
+    assert bench.steady_seconds([100.0]) != bench.steady_seconds([100.0])  # NaN: no interval
+
+
+def test_trial_ends_read_each_trials_last_result(tmp_path) -> None:
+    import json
+
+    for i, stamps in enumerate(([5, 9], [7])):
+        d = tmp_path / "exp" / f"trial_{i}"
+        d.mkdir(parents=True)
+        (d / "params.json").write_text("{}")
+        (d / "result.json").write_text("".join(json.dumps({"timestamp": t}) + "\n" for t in stamps))
+    assert sorted(bench.trial_ends(tmp_path, "exp")) == [7.0, 9.0]
