@@ -201,3 +201,19 @@ def test_short_ids():
     assert plots.short_id("238ac70e") == "238ac70e"
     assert plots.short_id("trainable_0dc01b57_5_abo_batch_size=1024,abo_epochs=50") == "0dc01b57"
     assert plots.short_id("d1") == "d1"
+
+
+def test_reconstruction_grid_puts_inputs_above_their_reconstructions(tmp_path) -> None:
+    x = np.zeros((10, 8, 8), dtype=np.float32)  # black inputs
+    x_hat = np.full((10, 8, 8), 0.5, dtype=np.float32)  # mid-grey reconstructions
+    path = plots.reconstruction_grid(x, x_hat, tmp_path / "grid.png")
+    grey = plt.imread(path)[..., :3].mean(-1)  # [rows, cols] in [0, 1]
+    half = len(grey) // 2
+    black, mid = grey < 0.05, np.abs(grey - 0.5) < 0.05
+    # (the titles' black text and its grey edges are the few exceptions)
+    assert black[half:].sum() < 0.01 * black[:half].sum()
+    assert mid[:half].sum() < 0.01 * mid[half:].sum()
+    # the ten images of each row are apart: between them the background shows
+    row = black[:half][black[:half].sum(1).argmax()]  # a pixel row through the input strip
+    starts = np.flatnonzero(row[1:] & ~row[:-1]) + 1
+    assert len(starts) + int(row[0]) == 10
