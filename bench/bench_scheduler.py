@@ -292,9 +292,9 @@ def space_arg(space: str) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def run_search(scheduler: str, args: argparse.Namespace) -> Path:
+def run_search(scheduler: str, args: argparse.Namespace, budget_min: float | None = None) -> Path:
     """Run the real search command into a fresh temporary store; its experiment directory (with
-    this script's timing file written into it)."""
+    this script's timing file written into it). `budget_min`: the search's --time-budget-min."""
     from tune.provenance import git_commit
 
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-scheduler-{scheduler}-"))
@@ -314,8 +314,8 @@ def run_search(scheduler: str, args: argparse.Namespace) -> Path:
     ]
     if scheduler == "mo-asha" and args.grace_period is not None:
         cmd += ["--grace-period", str(args.grace_period)]
-    if scheduler == "mo-asha" and args.budget_min is not None:
-        cmd += ["--time-budget-min", f"{args.budget_min:.2f}"]
+    if budget_min is not None:
+        cmd += ["--time-budget-min", f"{budget_min:.2f}"]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     log = tmp / "search.out"
@@ -591,7 +591,6 @@ def main(argv: list[str] | None = None) -> None:
         "--no-write", action="store_true", help="print only; do not append to RESULTS.md"
     )
     args = p.parse_args(argv)
-    args.budget_min = None
     case = "quick" if args.quick else "default"
     for key, value in CASES[case].items():
         if getattr(args, key) is None:
@@ -603,9 +602,8 @@ def main(argv: list[str] | None = None) -> None:
         dirs = args.from_dirs
     else:  # one after the other, never together
         fifo_dir = args.fifo_from or run_search("fifo", args)
-        if args.equal_time:
-            args.budget_min = read_search("fifo", fifo_dir).wall_s / 60
-        dirs = [fifo_dir, run_search("mo-asha", args)]
+        budget = read_search("fifo", fifo_dir).wall_s / 60 if args.equal_time else None
+        dirs = [fifo_dir, run_search("mo-asha", args, budget)]
     comparison = compare(read_search("fifo", dirs[0]), read_search("mo-asha", dirs[1]))
     plot(comparison, plot_path)
     bench_cmd = shlex.join(

@@ -29,6 +29,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from statistics import median
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -146,47 +147,31 @@ def row(case: str, n: int, search_s: float, direct_s: float, mean_trial_s: float
     }
 
 
-def trials(row: dict) -> int:
-    return row["trials"]
-
-
-def marginal(case: str, small: dict, large: dict) -> dict:
-    """What the extra trials of the larger run cost, search vs direct: fixed costs cancel out."""
-    n = large["trials"] - small["trials"]
-    mean = (large["mean_trial_s"] * large["trials"] - small["mean_trial_s"] * small["trials"]) / n
-    return row(
-        f"{case}, marginal ({small['trials']} -> {large['trials']})",
-        n,
-        large["search_s"] - small["search_s"],
-        large["direct_s"] - small["direct_s"],
-        mean,
-    )
-
-
-def median(values: list[float]) -> float:
-    v = sorted(values)
-    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
-
-
 def marginal_of_repeats(case: str, runs: list[dict]) -> dict:
-    """The marginal overhead from repeated runs of two sizes: per size, the median over runs of
-    the search's seconds beyond its own direct replay (each run's configs replayed, so TPE's
-    different picks cancel) and the median direct time; then the extra trials' share. Medians:
-    one run's fixed costs (Ray's start, imports) vary by more than the per-trial cost."""
+    """What the extra trials of the largest size cost over the smallest, search vs direct, from
+    one or more runs of each size: per size, the median over runs of the search's seconds beyond
+    its own direct replay (each run's configs replayed, so TPE's different picks cancel) and the
+    median direct time; fixed costs cancel out. Medians: one run's fixed costs (Ray's start,
+    imports) vary by more than the per-trial cost."""
     sizes = sorted({r["trials"] for r in runs})
     small, large = sizes[0], sizes[-1]
 
     def at(n: int, key) -> float:
         return median([key(r) for r in runs if r["trials"] == n])
 
-    extra = at(large, lambda r: r["search_s"] - r["direct_s"]) - at(
-        small, lambda r: r["search_s"] - r["direct_s"]
-    )
-    direct = at(large, lambda r: r["direct_s"]) - at(small, lambda r: r["direct_s"])
+    def beyond(r: dict) -> float:
+        return r["search_s"] - r["direct_s"]
+
+    def trial_seconds(r: dict) -> float:
+        return r["mean_trial_s"] * r["trials"]
+
     n = large - small
-    row_ = row(f"{case}, marginal ({small} -> {large}), medians", n, direct + extra, direct, 0.0)
-    row_["mean_trial_s"] = math.nan
-    return row_
+    extra = at(large, beyond) - at(small, beyond)
+    direct = at(large, lambda r: r["direct_s"]) - at(small, lambda r: r["direct_s"])
+    mean = (at(large, trial_seconds) - at(small, trial_seconds)) / n
+    repeated = len(runs) > len(sizes)
+    label = f"{case}, marginal ({small} -> {large})" + (", medians" if repeated else "")
+    return row(label, n, direct + extra, direct, mean)
 
 
 def machine() -> str:
@@ -220,7 +205,7 @@ def main() -> None:
         "--repeats",
         type=int,
         default=1,
-        help="run every size this many times, the sizes alternating; the marginal overhead then "
+        help="run every size this many times, the sizes alternating; the marginal overhead "
         "comes from the medians (see marginal_of_repeats)",
     )
     p.add_argument("--storage-path", default=str(REPO / "ray_results"))
@@ -253,10 +238,8 @@ def main() -> None:
                         runs[-1]["case"] += f", run {k + 1}"
                     print(runs[-1], flush=True)
             rows += runs
-            if len(sizes) > 1 and args.repeats > 1:
+            if len(sizes) > 1:
                 rows.append(marginal_of_repeats(c, runs))
-            elif len(sizes) > 1:
-                rows.append(marginal(c, min(runs, key=trials), max(runs, key=trials)))
     lines = [
         f"\n## Search throughput and overhead ({time.strftime('%Y-%m-%d %H:%M')})\n",
         f"Machine: {machine()}. 2 concurrent trials, 1 CPU each; direct = the same configs through "
