@@ -583,10 +583,10 @@ def test_diverged_trial_stops_fails_and_is_never_selected(faulty_search):
     assert run.info.status == "FAILED"
     assert run.data.tags[N.STATUS] == "diverged"
     assert "training loss is nan at epoch 1" in run.data.tags["reason"]
-    # Optuna was told the trial failed; every other trial completed
+    # Optuna was told the trial was pruned (so TPE moves away from it); every other completed
     study = optuna_study(f["exp_dir"])
     states = {t.params["lr"]: t.state.name for t in study.trials if "lr" in t.params}
-    assert states.pop(1.0e20) == "FAIL"
+    assert states.pop(1.0e20) == "PRUNED"
     # the search went on: every other trial ended, and the diverged one is in no selection
     assert {rows[-1][N.STATUS] for t, rows in f["trials"].items() if t != f["id"]["diverges"]} <= {
         "ok",
@@ -614,7 +614,7 @@ def test_degenerate_clusterings_are_nan_tagged_and_off_the_front(faulty_search):
     assert math.isfinite(run.data.metrics[N.RECON_LOSS])
     study = optuna_study(f["exp_dir"])
     tanh = [t for t in study.trials if t.params.get("mlp_activation") == "tanh"]
-    assert [t.state.name for t in tanh] == ["FAIL"]
+    assert [t.state.name for t in tanh] == ["PRUNED"]
     # ABO collapsed to one cluster: its metrics are NaN and tagged; the trial stands on KMeans
     run = _run_of(f, "abo-collapses")
     assert run.data.tags[N.DEGENERATE_CLUSTERERS] == "abo" and run.data.tags[N.STATUS] == "ok"

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import SMALL_MLP
 from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
 
 from models.abo import ABONet
 from models.dec import ClusteringLayer
@@ -185,6 +186,25 @@ def test_dec_can_start_from_the_clusters_of_the_trials_reduction(monkeypatch):
     # each centre is the mean code of one band's rows that the reduction saw
     expected = [z[rows][band[rows] == b].mean(0) for b in (0, 1)]
     np.testing.assert_allclose(centers[np.argsort(centers[:, 1])], expected, rtol=1e-6)
+
+
+def test_dec_starts_from_the_latent_kmeans_when_the_reduction_collapses(monkeypatch):
+    """A collapsed encoder gives fewer distinct reduced codes than clusters: KMeans leaves some
+    clusters empty, whose mean code would be NaN (the trial then diverged)."""
+    import tune.finetune
+
+    z, _ = two_bands()
+    clustering = Clustering(4, 0.1, 5, None, 1.0, "k-means++", kmeans_n_init=2)
+    pca = Reduction("pca", pca_dim=1)
+    reduced = Finetune("dec", 1, 1e-3, 32, 0.1, update_interval=5, tol=0.0, init="reduced")
+    latent = Finetune("dec", 1, 1e-3, 32, 0.1, update_interval=5, tol=0.0, init="latent")
+    rows = np.arange(len(z))
+    seen = np.repeat([[0.0], [1.0]], len(z) // 2, axis=0).astype(np.float32)  # 2 distinct codes
+    monkeypatch.setattr(tune.finetune, "fit_sample", lambda reduction, seed, codes: (rows, seen))
+    with pytest.warns(ConvergenceWarning):
+        centers = initial_centers(reduced, z, clustering, 0, pca)
+    assert centers.shape == (4, 2) and np.isfinite(centers).all()
+    np.testing.assert_array_equal(centers, initial_centers(latent, z, clustering, 0, pca))
 
 
 def test_fit_sample_gives_the_codes_a_reduction_was_fitted_on():

@@ -41,7 +41,7 @@ def test_a_restored_searcher_rebuilds_its_journal_where_it_is_told(tmp_path):
     searcher.on_trial_complete("b", degenerate)
     searcher.save(str(tmp_path / "first" / "searcher-state.pkl"))
     searcher.suggest("d")  # after the last save: Tune forgets this trial, and so does the study
-    assert trials_in(first) == [(0, "COMPLETE"), (1, "FAIL"), (2, "RUNNING"), (3, "RUNNING")]
+    assert trials_in(first) == [(0, "COMPLETE"), (1, "PRUNED"), (2, "RUNNING"), (3, "RUNNING")]
 
     moved = tmp_path / "moved"
     shutil.move(tmp_path / "first", moved)
@@ -49,10 +49,10 @@ def test_a_restored_searcher_rebuilds_its_journal_where_it_is_told(tmp_path):
     restored.keep_journal_at(moved / "optuna.journal")
     restored.restore(str(moved / "searcher-state.pkl"))
     journal = moved / "optuna.journal"
-    assert trials_in(journal) == [(0, "COMPLETE"), (1, "FAIL"), (2, "RUNNING")]
+    assert trials_in(journal) == [(0, "COMPLETE"), (1, "PRUNED"), (2, "RUNNING")]
     restored.on_trial_complete("c", {N.SILHOUETTE: 0.6, N.RECON_LOSS: 0.2, N.STATUS: "ok"})
     restored.suggest("e")
-    assert trials_in(journal) == [(0, "COMPLETE"), (1, "FAIL"), (2, "COMPLETE"), (3, "RUNNING")]
+    assert trials_in(journal) == [(0, "COMPLETE"), (1, "PRUNED"), (2, "COMPLETE"), (3, "RUNNING")]
     assert not (tmp_path / "first").exists()  # nothing written where the experiment was
     study = optuna.load_study(
         study_name="s", storage=JournalStorage(JournalFileBackend(str(journal)))
@@ -96,3 +96,24 @@ def test_a_new_search_never_continues_an_old_journal(tmp_path):
 def test_the_journal_is_in_the_experiment_unless_that_is_remote(experiment_dir, expected):
     s = Settings(argparse.Namespace(), None, 1, "", "x", "", experiment_dir)
     assert str(journal_location(s)) == expected
+
+
+def test_tpe_moves_away_from_trials_that_diverged(tmp_path):
+    """Every conv config diverges. Told FAIL, TPE would ignore those trials and keep proposing
+    conv (it did in most of 30 trials); told PRUNED, it ranks them below every complete one."""
+    searcher = make_searcher(load_space("smoke"), 0, tmp_path / "optuna.journal", "s")
+    archs = []
+    for i in range(40):
+        config = searcher.suggest(str(i))
+        archs.append(config["arch"])
+        if config["arch"] == "conv":
+            nan = float("nan")
+            result = {N.SILHOUETTE: nan, N.RECON_LOSS: nan, N.STATUS: N.Status.DIVERGED}
+        else:
+            lr = config["lr"]
+            result = {N.SILHOUETTE: 30 * lr, N.RECON_LOSS: 0.1 - 5 * lr, N.STATUS: N.Status.OK}
+        searcher.on_trial_complete(str(i), result)
+    after_startup = archs[10:]  # TPE samples its first 10 at random
+    assert after_startup.count("conv") <= 6, archs
+    states = {s for _, s in trials_in(tmp_path / "optuna.journal")}
+    assert states == {"COMPLETE", "PRUNED"}

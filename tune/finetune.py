@@ -165,8 +165,10 @@ def initial_centers(
         rows, seen = fit_sample(reduction, seed, z_train)
         if seen is not None:
             labels, codes = km.fit(seen).labels_, z_train[rows]
-            # KMeans leaves no cluster empty, so every mean is defined
-            return np.stack([codes[labels == j].mean(0) for j in range(k)]).astype(np.float32)
+            # Fewer distinct reduced codes than k (a collapsed encoder) leave clusters empty,
+            # whose mean would be NaN: start from the latent KMeans instead.
+            if len(np.unique(labels)) == k:
+                return np.stack([codes[labels == j].mean(0) for j in range(k)]).astype(np.float32)
     return km.fit(z_train).cluster_centers_.astype(np.float32)
 
 

@@ -26,7 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tune import names as N
 from tune.space import SearchSpace
 
-# Final statuses with no usable objective pair (NaN silhouette and/or NaN loss).
+# Final statuses with no usable objective pair (NaN silhouette and/or NaN loss): told PRUNED.
 FAILED_STATUSES = (N.Status.DIVERGED, N.Status.DEGENERATE)
 
 
@@ -103,10 +103,15 @@ class ClusterSearch(OptunaSearch):
 
     Ray's OptunaSearch tells every finished trial as COMPLETE with its objective values; Optuna
     then turns NaN values into FAIL with a warning, and rejects a missing value (a trial stopped
-    before its final report), leaving that Optuna trial RUNNING forever. Here a diverged or
-    degenerate trial is told FAIL, and a trial stopped early (time budget, scheduler) is PRUNED,
-    so the study's COMPLETE trials are the search's selectable ones and its best trials are the
-    search's Pareto front.
+    before its final report), leaving that Optuna trial RUNNING forever. Here a trial with no
+    usable objective pair (diverged, degenerate) and a trial stopped early (time budget,
+    scheduler) are told PRUNED, and only a trial that raised is FAIL. So the study's COMPLETE
+    trials are the search's selectable ones and its best trials are the search's Pareto front.
+
+    Why PRUNED and not FAIL for a diverged trial: TPE never looks at FAIL trials, so it goes on
+    proposing the neighbourhood of one that diverged (a smoke search spent a quarter of its
+    trials on one diverging config); PRUNED trials it ranks below every complete one, and moves
+    away from them.
     """
 
     # Where the study's journal is written. A restored searcher keeps the path it had before the
@@ -136,10 +141,8 @@ class ClusterSearch(OptunaSearch):
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         status = (result or {}).get(N.STATUS)
-        if status in FAILED_STATUSES:
-            result, error = None, True  # no values + error: Ray tells Optuna FAIL
-        elif result is not None and not N.is_final(result):
-            result = None  # no final report: Ray tells Optuna PRUNED (FAIL if it errored)
+        if status in FAILED_STATUSES or (result is not None and not N.is_final(result)):
+            result = None  # no values: Ray tells Optuna PRUNED (FAIL if it errored)
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
