@@ -15,6 +15,11 @@ bench/RESULTS.md.
         # the same, each size 3 times (alternating), marginal overhead from the medians
     .venv/bin/python bench/bench_search.py --from-search NAME --storage-path DIR --dataset fashion-mnist
         # replay the trials of an existing search (e.g. the default one) instead of running one
+    .venv/bin/python bench/bench_search.py --only smoke --num-samples 64 --repeats 3 \
+        --without-mlflow-writes
+        # a diagnostic, not the product: the search's driver drops every MLflow write it would
+        # queue while trials run (the end-of-search sync then logs them), so the steady overhead
+        # is Ray's and Optuna's alone
 """
 
 from __future__ import annotations
@@ -90,10 +95,25 @@ def trial_configs(storage: Path, name: str) -> list[dict]:
     return configs
 
 
-def run_case(label: str, space: str, dataset: str, num_samples: int) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
-    cmd = [
-        sys.executable,
+# `python -c` program: tune/search.py (the arguments after -c) with the driver's MLflow writer
+# dropping its jobs; tune/tracking.py's sync logs everything from Ray's records at the end.
+WITHOUT_MLFLOW_WRITES = f"""
+import runpy, sys
+sys.path.insert(0, {str(REPO)!r})
+from tune.mlflow_writer import StoreWriter
+StoreWriter.submit = lambda self, trial_id, what, fn: None
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def search_command(
+    label: str, space: str, dataset: str, num_samples: int, tmp: Path, mlflow_writes: bool = True
+) -> list[str]:
+    """The search command a case runs (see WITHOUT_MLFLOW_WRITES for mlflow_writes=False)."""
+    launch = [sys.executable] if mlflow_writes else [sys.executable, "-c", WITHOUT_MLFLOW_WRITES]
+    return [
+        *launch,
         str(REPO / "tune/search.py"),
         "--space",
         space,
@@ -112,6 +132,13 @@ def run_case(label: str, space: str, dataset: str, num_samples: int) -> dict:
         "--name",
         label,
     ]
+
+
+def run_case(
+    label: str, space: str, dataset: str, num_samples: int, mlflow_writes: bool = True
+) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
+    cmd = search_command(label, space, dataset, num_samples, tmp, mlflow_writes)
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True)
     search_s = time.perf_counter() - start
@@ -208,6 +235,12 @@ def main() -> None:
         help="run every size this many times, the sizes alternating; the marginal overhead "
         "comes from the medians (see marginal_of_repeats)",
     )
+    p.add_argument(
+        "--without-mlflow-writes",
+        action="store_true",
+        help="diagnostic: the search's driver drops the MLflow writes it queues while trials run "
+        "(the sync after the search logs them)",
+    )
     p.add_argument("--storage-path", default=str(REPO / "ray_results"))
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument(
@@ -233,7 +266,17 @@ def main() -> None:
             for k in range(args.repeats):
                 for n in sizes:
                     label = f"{c}-{n}" if args.num_samples else c
-                    runs.append(run_case(label, case["space"], case["dataset"], n))
+                    if args.without_mlflow_writes:
+                        label += "-no-mlflow-writes"
+                    runs.append(
+                        run_case(
+                            label,
+                            case["space"],
+                            case["dataset"],
+                            n,
+                            mlflow_writes=not args.without_mlflow_writes,
+                        )
+                    )
                     if args.repeats > 1:
                         runs[-1]["case"] += f", run {k + 1}"
                     print(runs[-1], flush=True)

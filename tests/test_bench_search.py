@@ -59,3 +59,29 @@ def test_trial_ends_read_each_trials_last_result(tmp_path) -> None:
         (d / "params.json").write_text("{}")
         (d / "result.json").write_text("".join(json.dumps({"timestamp": t}) + "\n" for t in stamps))
     assert sorted(bench.trial_ends(tmp_path, "exp")) == [7.0, 9.0]
+
+
+def test_the_diagnostic_runs_the_search_script_with_mlflow_writes_dropped(tmp_path) -> None:
+    """--without-mlflow-writes runs tune/search.py's path as __main__, with its own arguments, in
+    a driver whose StoreWriter drops every job (nothing queued, no thread started)."""
+    import json
+    import subprocess
+
+    plain = bench.search_command("x", "smoke", "digits", 4, tmp_path)
+    cmd = bench.search_command("x", "smoke", "digits", 4, tmp_path, mlflow_writes=False)
+    assert cmd[:3] == [plain[0], "-c", bench.WITHOUT_MLFLOW_WRITES]
+    assert cmd[3:] == plain[1:]  # the same script and arguments
+    script = tmp_path / "search.py"  # stands in for tune/search.py
+    script.write_text(
+        "import json, sys\n"
+        "from tune.mlflow_writer import StoreWriter\n"
+        "w = StoreWriter('sqlite:///unused.db')\n"
+        "w.submit('t', 'job', lambda: 1 / 0)\n"
+        "print(json.dumps([__name__, sys.argv, w._queue.qsize(), w._thread is None]))\n"
+    )
+    out = subprocess.run(
+        [*cmd[:3], str(script), *cmd[4:]], capture_output=True, text=True, check=True
+    )
+    name, argv, queued, no_thread = json.loads(out.stdout.splitlines()[-1])
+    assert name == "__main__" and argv == [str(script), *cmd[4:]]
+    assert queued == 0 and no_thread
