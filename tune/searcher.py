@@ -108,10 +108,9 @@ class ClusterSearch(OptunaSearch):
     scheduler) are told PRUNED, and only a trial that raised is FAIL. So the study's COMPLETE
     trials are the search's selectable ones and its best trials are the search's Pareto front.
 
-    Why PRUNED and not FAIL for a diverged trial: TPE never looks at FAIL trials, so it goes on
-    proposing the neighbourhood of one that diverged (a smoke search spent a quarter of its
-    trials on one diverging config); PRUNED trials it ranks below every complete one, and moves
-    away from them.
+    Why PRUNED and not FAIL for a diverged trial: TPE never looks at FAIL trials, so it would go
+    on proposing the neighbourhood of one that diverged; PRUNED trials it ranks below every
+    complete one, and moves away from them.
     """
 
     # Where the study's journal is written. A restored searcher keeps the path it had before the
