@@ -259,24 +259,16 @@ def main() -> None:
         ]
     else:
         rows = []
+        writes = not args.without_mlflow_writes
+        suffix = "" if writes else "-no-mlflow-writes"
         for c in args.only:
             case = CASES[c]
             sizes = args.num_samples or [case["num_samples"]]
             runs = []
             for k in range(args.repeats):
                 for n in sizes:
-                    label = f"{c}-{n}" if args.num_samples else c
-                    if args.without_mlflow_writes:
-                        label += "-no-mlflow-writes"
-                    runs.append(
-                        run_case(
-                            label,
-                            case["space"],
-                            case["dataset"],
-                            n,
-                            mlflow_writes=not args.without_mlflow_writes,
-                        )
-                    )
+                    label = (f"{c}-{n}" if args.num_samples else c) + suffix
+                    runs.append(run_case(label, case["space"], case["dataset"], n, writes))
                     if args.repeats > 1:
                         runs[-1]["case"] += f", run {k + 1}"
                     print(runs[-1], flush=True)

@@ -27,7 +27,7 @@ from tune import names as N
 from tune.space import SearchSpace
 
 # Final statuses with no usable objective pair (NaN silhouette and/or NaN loss): told PRUNED.
-FAILED_STATUSES = (N.Status.DIVERGED, N.Status.DEGENERATE)
+UNSCORED_STATUSES = (N.Status.DIVERGED, N.Status.DEGENERATE)
 
 
 def define(trial, space: SearchSpace, seed: int) -> dict[str, Any]:
@@ -140,7 +140,7 @@ class ClusterSearch(OptunaSearch):
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         status = (result or {}).get(N.STATUS)
-        if status in FAILED_STATUSES or (result is not None and not N.is_final(result)):
+        if status in UNSCORED_STATUSES or (result is not None and not N.is_final(result)):
             result = None  # no values: Ray tells Optuna PRUNED (FAIL if it errored)
         super().on_trial_complete(trial_id, result=result, error=error)
 
