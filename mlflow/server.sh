@@ -37,8 +37,12 @@ if [ "$stop" = 1 ]; then
   [ -n "$pidfile" ] && [ -f "$pidfile" ] || { echo "mlflow/server.sh: --stop needs --pidfile FILE" >&2; exit 2; }
   pid=$(cat "$pidfile")
   kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true  # the whole process group
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; exit 0; }; sleep 0.2; done
-  kill -KILL -- "-$pid" 2>/dev/null || true; rm -f "$pidfile"; exit 0
+  # Done when the whole group is gone: request workers can outlive the server process by a moment.
+  gone() { ! kill -0 -- "-$pid" 2>/dev/null && ! kill -0 "$pid" 2>/dev/null; }
+  for _ in $(seq 1 50); do gone && { rm -f "$pidfile"; exit 0; }; sleep 0.2; done
+  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  for _ in $(seq 1 25); do gone && break; sleep 0.2; done
+  rm -f "$pidfile"; exit 0
 fi
 
 backend=${MLFLOW_BACKEND_URI:-sqlite:///$here/store/mlflow.db}
