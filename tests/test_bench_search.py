@@ -39,11 +39,6 @@ def test_marginal_comes_from_the_medians_of_each_size() -> None:
     assert m["overhead"] == pytest.approx(5.0 / 27.0)
 
 
-def test_median_of_an_even_count_is_the_middle_mean() -> None:
-    assert bench.median([4.0, 1.0, 3.0, 2.0]) == 2.5
-    assert bench.median([5.0]) == 5.0
-
-
 def test_steady_seconds_leave_out_the_start_and_the_end() -> None:
     # ends at 100 (first trial), then one every 2 s: 4 intervals in 8 s, whatever came before
     assert bench.steady_seconds([108.0, 100.0, 104.0, 102.0, 106.0]) == 2.0
