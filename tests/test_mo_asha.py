@@ -196,6 +196,40 @@ def test_decisions_are_asynchronous_and_follow_what_was_known_at_each_arrival():
     assert d.scheduler.on_trial_result(None, d.trials["z"], {N.EPOCH: 2}) == STOP
 
 
+def test_rank_within_ranks_a_trial_only_against_its_own_group():
+    """With rank_within [finetune], a trial still to be fine-tuned by IDEC is not stopped by a
+    trial that will not be fine-tuned, however much better that one's rung values are; inside
+    its group the rule is the same, and a trial's group is the one it was first ranked in."""
+    s = MOASHAScheduler(rank_within=["finetune"])
+
+    def result(trial_id: str, finetune: str, sil: float, loss: float, epoch: int = 1) -> str:
+        trial = FakeTrial(trial_id, {"arch": "conv", "finetune": finetune, "seed": 0})
+        return s.on_trial_result(None, trial, rung(epoch, sil, loss))
+
+    assert result("none1", "none", 0.6, 0.01) == CONTINUE
+    assert result("dec1", "dec", 0.5, 0.02) == CONTINUE  # first of its group: nobody to compare
+    assert result("dec2", "dec", 0.4, 0.03) == STOP  # dominated by dec1
+    assert result("none2", "none", 0.55, 0.015) == STOP  # dominated by none1
+    assert result("abo1", "abo", 0.1, 0.9) == CONTINUE
+    assert s.groups == {
+        "none1": ("none",),
+        "dec1": ("dec",),
+        "dec2": ("dec",),
+        "none2": ("none",),
+        "abo1": ("abo",),
+    }
+    # ranked together, as without rank_within, dec1 would have stopped at once
+    together = MOASHAScheduler()
+    together.on_trial_result(None, FakeTrial("none1"), rung(1, 0.6, 0.01))
+    assert together.on_trial_result(None, FakeTrial("dec1"), rung(1, 0.5, 0.02)) == STOP
+    # the groups are part of the state a resume restores
+    again = MOASHAScheduler(rank_within=["finetune"])
+    again.set_state(pickle.loads(pickle.dumps(s.state())))
+    assert again.groups == s.groups
+    trial = FakeTrial("dec3", {"arch": "conv", "finetune": "dec", "seed": 0})
+    assert again.on_trial_result(None, trial, rung(1, 0.45, 0.025)) == STOP  # behind dec1
+
+
 def test_nan_rung_values_stop_the_trial_and_are_not_ranked():
     d = Driver()
     assert d.result("a", 1, math.nan, 0.1) == STOP

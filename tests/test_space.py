@@ -621,7 +621,12 @@ def test_dataset_spaces(tmp_path: Path) -> None:
 
 
 def test_a_space_names_its_scheduler(tmp_path: Path) -> None:
-    assert (load_space("default").scheduler, load_space("default").grace_period) == ("mo-asha", 3)
+    default = load_space("default")
+    assert (default.scheduler, default.grace_period, default.rank_within) == (
+        "mo-asha",
+        3,
+        ("finetune",),
+    )
     assert (load_space("digits").scheduler, load_space("smoke").scheduler) == ("fifo", "fifo")
     space = load_space(write(tmp_path, {**minimal_space(), "scheduler": {"name": "asha"}}))
     assert (space.scheduler, space.grace_period) == ("asha", 1)
@@ -633,7 +638,18 @@ def test_a_space_names_its_scheduler(tmp_path: Path) -> None:
         (
             {"name": "asha", "grace": 3},
             "scheduler.grace",
-            "unknown key (known: name, grace_period)",
+            "unknown key (known: name, grace_period, rank_within)",
+        ),
+        ({"name": "asha", "rank_within": ["lr"]}, "scheduler.rank_within", "only mo-asha"),
+        (
+            {"name": "mo-asha", "rank_within": "lr"},
+            "scheduler.rank_within",
+            "expected a list of parameters, got str 'lr'",
+        ),
+        (
+            {"name": "mo-asha", "rank_within": ["lr", "fine_tune"]},
+            "scheduler.rank_within[1]",
+            "'fine_tune' is not a parameter of the space",
         ),
         ({"name": "fifo", "grace_period": 3}, "scheduler.grace_period", "fifo stops no trial"),
         (

@@ -22,6 +22,13 @@ hypervolume contribution) breaks ties inside a front, because it needs no refere
 keeps the spread of a front rather than its knee. Only a result at a rung epoch itself is ranked
 (ASHA takes the first result past a rung): the trainable reports every rung epoch on its own.
 
+A space can name config keys to rank within (`scheduler: {..., rank_within: [finetune]}`): a
+trial is then ranked only against the trials at its rung with the same values of those keys.
+The rung values are measured on the model as it is at the rung, and for most trials every rung
+comes before the fine-tuning stage, which moves the final silhouette by its own method's amount
+(IDEC raises it, bench/RESULTS.md): ranked together, a trial that is still to be fine-tuned is
+stopped by one that will not be, whatever it would have reached.
+
 Every trial's rung values are recorded, also those of trials it stops, as ASHA does. A trial
 with a NaN or infinite rung value is stopped and not recorded (it cannot be ranked). The trials
 of the space's points_to_evaluate (the documents' configurations, recognised by their config as
@@ -144,15 +151,19 @@ class MOASHAScheduler(FIFOScheduler):
         points: Sequence[Mapping[str, Any]] = (),
         grace_period: int = GRACE_PERIOD,
         reduction_factor: int = REDUCTION_FACTOR,
+        rank_within: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.points = [dict(p) for p in points]
+        self.rank_within = tuple(rank_within)
         self.reduction_factor = reduction_factor
         self.rungs = rung_epochs(grace_period, reduction_factor)
         # rung epoch -> trial id -> rung values (names.RUNG_OBJECTIVES order) of every trial
-        # ranked there; trial id -> the rung epoch the scheduler stopped it at
+        # ranked there; trial id -> the rung epoch the scheduler stopped it at; trial id -> its
+        # group (its values of rank_within's keys)
         self.recorded: dict[int, dict[str, tuple[float, ...]]] = {}
         self.stopped: dict[str, int] = {}
+        self.groups: dict[str, tuple[Any, ...]] = {}
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
         # Its objectives are names.RUNG_OBJECTIVES: Tune's one metric and mode do not apply.
@@ -161,6 +172,10 @@ class MOASHAScheduler(FIFOScheduler):
     def is_point(self, config: Mapping[str, Any]) -> bool:
         """Whether `config` is one of the space's points_to_evaluate (with the search's keys)."""
         return any(all(config.get(k) == v for k, v in p.items()) for p in self.points)
+
+    def group(self, config: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The trials a trial with `config` is ranked against share this key."""
+        return tuple(config.get(k) for k in self.rank_within)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         if trial.trial_id in self.stopped:  # restarted by a resume that lost the stop: again
@@ -184,9 +199,11 @@ class MOASHAScheduler(FIFOScheduler):
             return TrialScheduler.CONTINUE
         values = tuple(float(result[k]) for k in N.RUNG_OBJECTIVES)
         finite = all(math.isfinite(v) for v in values)
+        group = self.groups.setdefault(trial.trial_id, self.group(trial.config))
         keep = not can_stop or self.is_point(trial.config)
         if not keep and finite:
-            others = np.array([rung_costs(v) for v in recorded.values()]).reshape(-1, len(values))
+            peers = [v for t, v in recorded.items() if self.groups.get(t) == group]
+            others = np.array([rung_costs(v) for v in peers]).reshape(-1, len(values))
             keep = continues(rung_costs(values), others, self.reduction_factor)
         if finite:
             recorded[trial.trial_id] = values
@@ -201,11 +218,12 @@ class MOASHAScheduler(FIFOScheduler):
 
     # -- state: rung records and stop decisions ------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"recorded": self.recorded, "stopped": self.stopped}
+        return {"recorded": self.recorded, "stopped": self.stopped, "groups": self.groups}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         self.recorded = {int(e): dict(r) for e, r in state["recorded"].items()}
         self.stopped = dict(state["stopped"])
+        self.groups = dict(state.get("groups", {}))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:

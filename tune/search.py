@@ -568,6 +568,7 @@ def open_tracking(s: Settings, dataset) -> Tracking:
             "seed": s.seed,
             "scheduler": s.scheduler,
             "grace_period": s.grace_period,
+            "rank_within": list(s.space.rank_within) if s.scheduler == "mo-asha" else [],
             "cpus_per_trial": s.cpus_per_trial,
             "gpus_per_trial": s.gpus_per_trial,
             "max_concurrent": s.max_concurrent,
@@ -840,7 +841,11 @@ def make_tuner(s: Settings, dataset, logger, journal: Path):
         searcher = make_searcher(s.space, s.seed, journal, s.name)
         callbacks = [CSVLoggerCallback(), JsonLoggerCallback(), logger, progress]
         if s.scheduler == "mo-asha":
-            scheduler = MOASHAScheduler(points=s.space.points, grace_period=s.grace_period)
+            scheduler = MOASHAScheduler(
+                points=s.space.points,
+                grace_period=s.grace_period,
+                rank_within=s.space.rank_within,
+            )
             # first: on resume the restored callbacks keep their order, the logger is swapped
             callbacks.insert(0, SchedulerState(scheduler))
         elif s.scheduler == "asha":

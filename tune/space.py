@@ -411,6 +411,8 @@ class SearchSpace:
     # command's --scheduler and --grace-period override it.
     scheduler: str = "fifo"
     grace_period: int = 1
+    # mo-asha ranks a trial only against trials with its values of these keys (tune/mo_asha.py)
+    rank_within: tuple[str, ...] = ()
 
     def for_dataset(self, name: str) -> SearchSpace:
         """The space to search on data set `name`: the file `dataset_spaces` names for it (a space
@@ -650,34 +652,55 @@ def _load(path: Path, stack: tuple[Path, ...]) -> SearchSpace:
         point_names=[name for name, _ in named],
         points_only=points_only,
         dataset_spaces=_parse_dataset_spaces(path, raw.get("dataset_spaces"), stack),
-        **_parse_scheduler(shown, raw.get("scheduler")),
+        **_parse_scheduler(shown, raw.get("scheduler"), params),
     )
 
 
-def _parse_scheduler(shown: str, raw: Any) -> dict[str, Any]:
-    """`scheduler: {name: mo-asha, grace_period: 3}` -> SearchSpace's scheduler fields."""
+SCHEDULER_KEYS = ("name", "grace_period", "rank_within")
+
+
+def _parse_scheduler(shown: str, raw: Any, params: Mapping[str, Param]) -> dict[str, Any]:
+    """`scheduler: {name: mo-asha, grace_period: 3, rank_within: [finetune]}` -> SearchSpace's
+    scheduler fields."""
     if raw is None:
         return {}
     if not isinstance(raw, Mapping) or "name" not in raw:
         raise SpaceError(shown, "scheduler", "expected a mapping with a name (and grace_period)")
     for key in raw:
-        if key not in ("name", "grace_period"):
-            raise SpaceError(shown, f"scheduler.{key}", "unknown key (known: name, grace_period)")
+        if key not in SCHEDULER_KEYS:
+            raise SpaceError(
+                shown, f"scheduler.{key}", f"unknown key (known: {', '.join(SCHEDULER_KEYS)})"
+            )
     name = raw["name"]
     if name not in N.SCHEDULERS:
         raise SpaceError(
             shown, "scheduler.name", f"{_show(name)} is not one of {', '.join(N.SCHEDULERS)}"
         )
-    if "grace_period" not in raw:
-        return {"scheduler": name}
-    grace = raw["grace_period"]
-    if name == "fifo":
-        raise SpaceError(shown, "scheduler.grace_period", "fifo stops no trial early")
-    if isinstance(grace, bool) or not isinstance(grace, int) or grace < 1:
-        raise SpaceError(
-            shown, "scheduler.grace_period", f"expected an int >= 1, got {_show(grace)}"
-        )
-    return {"scheduler": name, "grace_period": grace}
+    out: dict[str, Any] = {"scheduler": name}
+    if "grace_period" in raw:
+        grace = raw["grace_period"]
+        if name == "fifo":
+            raise SpaceError(shown, "scheduler.grace_period", "fifo stops no trial early")
+        if isinstance(grace, bool) or not isinstance(grace, int) or grace < 1:
+            raise SpaceError(
+                shown, "scheduler.grace_period", f"expected an int >= 1, got {_show(grace)}"
+            )
+        out["grace_period"] = grace
+    if "rank_within" in raw:
+        keys = raw["rank_within"]
+        if name != "mo-asha":
+            raise SpaceError(shown, "scheduler.rank_within", "only mo-asha ranks trials")
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise SpaceError(
+                shown, "scheduler.rank_within", f"expected a list of parameters, got {_show(keys)}"
+            )
+        for i, key in enumerate(keys):
+            if key not in params:
+                raise SpaceError(
+                    shown, f"scheduler.rank_within[{i}]", f"{key!r} is not a parameter of the space"
+                )
+        out["rank_within"] = tuple(keys)
+    return out
 
 
 def _parse_dataset_spaces(path: Path, raw: Any, stack: tuple[Path, ...]) -> dict[str, Path]:
