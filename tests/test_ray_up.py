@@ -230,6 +230,9 @@ def ssh_host() -> Iterator[SshHost]:
                 f"ForceCommand {session}",
                 "MaxStartups 100",
                 "MaxSessions 100",
+                # bash started by sshd sources the account's real ~/.bashrc before ForceCommand
+                # runs, unless SHLVL says it is nested: that file is not the test's to run.
+                "SetEnv SHLVL=1",
             ]
         )
         + "\n",
