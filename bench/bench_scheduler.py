@@ -558,7 +558,8 @@ def main(argv: list[str] | None = None) -> None:
         "--grace-period",
         type=int,
         default=None,
-        help="mo-asha's --grace-period (first rung epoch; default: the space's, else 1)",
+        help="mo-asha's --grace-period (first rung, in the space's time_attr; default: the "
+        "space's, else 1)",
     )
     p.add_argument(
         "--fifo-from",

@@ -39,9 +39,9 @@ from tune.mo_asha import (
     crowding_distance,
     nondominated_fronts,
     rung_costs,
-    rung_epochs,
+    rung_milestones,
 )
-from tune.rungs import SAMPLE_SIZE, rung_labels, rung_sample, with_rung_values
+from tune.rungs import SAMPLE_SIZE, Rungs, rung_labels, rung_sample, with_rung_values
 from tune.training import embed, images_to_tensor
 from tune.trial import run_trial
 
@@ -64,6 +64,7 @@ def rung(epoch: int, silhouette: float, loss: float) -> dict:
         N.VAL_LOSS: loss,
         N.RUNG_SILHOUETTE: silhouette,
         N.RUNG_RECON_LOSS: loss,
+        N.RUNG_AT: epoch,
     }
 
 
@@ -94,11 +95,11 @@ class Driver:
 
 
 def test_rungs_are_grace_period_times_powers_of_eta():
-    assert rung_epochs(1, 3, 30) == (1, 3, 9, 27)
-    assert rung_epochs(2, 2, 16) == (2, 4, 8, 16)
+    assert rung_milestones(1, 3, 30) == (1, 3, 9, 27)
+    assert rung_milestones(2, 2, 16) == (2, 4, 8, 16)
     assert MOASHAScheduler().rungs[:4] == (1, 3, 9, 27)
     with pytest.raises(ValueError):
-        rung_epochs(1, 1)
+        rung_milestones(1, 1)
 
 
 def test_fronts_are_peeled_in_order():
@@ -253,6 +254,26 @@ def test_only_rung_results_are_ranked():
     assert d.scheduler.stopped == {}
 
 
+def test_rungs_in_seconds_are_ranked_at_the_rung_the_trial_names():
+    """Counted in seconds, trials reach a rung at different epochs: each is ranked at the rung its
+    result names (names.RUNG_AT), whatever its epoch."""
+    s = MOASHAScheduler(grace_period=60, time_attr=N.TIME_TOTAL)
+    assert s.rungs[:3] == (60, 180, 540)
+    a, b, c = (FakeTrial(t, {"arch": "conv", "seed": 0}) for t in "abc")
+    assert s.on_trial_result(None, a, {**rung(2, 0.5, 0.1), N.RUNG_AT: 60}) == CONTINUE
+    # epoch 9 against epoch 2, at the same spend: dominated, stopped
+    assert s.on_trial_result(None, b, {**rung(9, 0.4, 0.2), N.RUNG_AT: 60}) == STOP
+    # values for a second that is no rung, or without the rung they are for: not ranked
+    assert s.on_trial_result(None, c, {**rung(3, 0.1, 0.9), N.RUNG_AT: 61}) == CONTINUE
+    unnamed = rung(3, 0.1, 0.9)
+    del unnamed[N.RUNG_AT]
+    assert s.on_trial_result(None, c, unnamed) == CONTINUE
+    assert (s.stopped, set(s.recorded[60]), set(s.recorded)) == ({"b": 60}, {"a", "b"}, {60})
+    assert s.debug_string() == "MO-ASHA: stopped 1; trials ranked at 60 s: 2"
+    with pytest.raises(ValueError, match="time_attr"):
+        MOASHAScheduler(time_attr="seconds")
+
+
 def test_fewer_than_eta_trials_at_a_rung_mirror_rays_asha():
     """Ray's ASHA lets the first trial at a rung through and compares every later one with the
     (1 - 1/eta) quantile of those recorded before it, however few: the second trial already
@@ -319,7 +340,7 @@ def test_the_rung_silhouette_is_the_exact_silhouette_of_the_subsample():
     images = np.random.default_rng(0).integers(0, 256, (SAMPLE_SIZE + 1000, 8, 8), dtype=np.uint8)
     x = images_to_tensor(images)
     got = []
-    measured = with_rung_values(lambda r, s: got.append(r), frozenset({3}), model, x, 10, 7)
+    measured = with_rung_values(lambda r, s: got.append(r), Rungs((3,)), model, x, 10, 7)
     record = {"epoch": 3, "train_loss": 0.2, "val_loss": 0.25}
     measured(record, dict)
     measured({"epoch": 4, "train_loss": 0.2, "val_loss": 0.25}, dict)
@@ -336,13 +357,48 @@ def test_the_rung_silhouette_is_the_exact_silhouette_of_the_subsample():
     # with the trial's reduction: the codes go through it (fitted on the subsample) first
     pca = Reduction("pca", pca_dim=2)
     got.clear()
-    with_rung_values(lambda r, s: got.append(r), frozenset({3}), model, x, 10, 7, pca)(record, dict)
+    with_rung_values(lambda r, s: got.append(r), Rungs((3,)), model, x, 10, 7, pca)(record, dict)
     reduced = PCA(n_components=2, svd_solver="full").fit_transform(codes).astype(np.float32)
     exact = silhouette_score(reduced.astype(np.float64), rung_labels(reduced, 10, 7))
     assert got[0][N.RUNG_SILHOUETTE] == pytest.approx(exact, abs=1e-6)
     assert got[0][N.RUNG_SILHOUETTE] != pytest.approx(
         silhouette_score(codes, rung_labels(codes, 10, 7))
     )
+
+
+def test_rungs_in_seconds_are_measured_at_the_first_epoch_past_them():
+    """With rungs in seconds, the rung values come at the end of the first epoch at or past a
+    rung, for the latest rung passed; a trial resumed past a rung does not measure it again."""
+    torch.manual_seed(0)
+    cfg = TrialConfig.from_flat({**GOOD, "latent_dim": 3})
+    model = build_autoencoder(cfg.autoencoder, (8, 8))
+    x = images_to_tensor(np.random.default_rng(0).integers(0, 256, (300, 8, 8), dtype=np.uint8))
+    rungs = Rungs((60, 180, 540), N.TIME_TOTAL)
+    now, got = [0.0], []
+
+    def run(measured, *epochs_at):
+        for epoch, seconds in epochs_at:
+            now[0] = seconds
+            measured({"epoch": epoch, "train_loss": 0.1, "val_loss": 0.2}, dict)
+        return [(r["epoch"], r.get(N.RUNG_AT)) for r in got]
+
+    measured = with_rung_values(
+        lambda r, s: got.append(r), rungs, model, x, 3, 0, clock=lambda: now[0]
+    )
+    assert run(measured, (1, 30), (2, 59.9), (3, 75), (4, 100), (5, 600)) == [
+        (1, None), (2, None), (3, 60), (4, None), (5, 540),  # 5 passed 180 and 540: ranked at 540
+    ]  # fmt: skip
+    assert all(np.isfinite(got[i][N.RUNG_SILHOUETTE]) for i in (2, 4))
+    got.clear()
+    now[0] = 200.0  # resumed from a checkpoint saved after 200 s: 60 and 180 were ranked then
+    measured = with_rung_values(
+        lambda r, s: got.append(r), rungs, model, x, 3, 0, clock=lambda: now[0]
+    )
+    assert run(measured, (7, 230), (8, 541)) == [(7, None), (8, 540)]
+    with pytest.raises(ValueError, match="clock"):
+        with_rung_values(lambda r, s: None, rungs, model, x, 3, 0)
+    with pytest.raises(ValueError, match="time_attr"):
+        Rungs((60,), "seconds")
 
 
 @pytest.fixture(scope="module")
@@ -402,7 +458,7 @@ def test_a_trial_measures_rung_values_at_its_rungs_only(digits):
             labels = rung_labels(codes, 10, 0)
             checks.append(silhouette_score(codes.astype(np.float64), labels))
 
-    run_trial(config, digits, device="cpu", on_epoch=on_epoch, rungs=(1, 3))
+    run_trial(config, digits, device="cpu", on_epoch=on_epoch, rungs=Rungs((1, 3)))
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     at_rungs = [r for r in records if N.RUNG_SILHOUETTE in r]
     assert [r["epoch"] for r in at_rungs] == [1, 3]  # 3: the first fine-tuning epoch

@@ -271,14 +271,16 @@ def test_the_default_space_on_digits_is_digits_yaml(tmp_path):
     assert (digits.space.path.name, digits.num_samples, digits.name) == ("digits.yaml", 20, s.name)
     assert settings("--space", "seeds").for_dataset("digits").num_samples == 2
     assert settings("--smoke").for_dataset("digits").space.path.name == "smoke.yaml"
-    # The scheduler and grace period: the command's, else the space's (after the hand-over).
-    assert (s.scheduler, s.grace_period, digits.scheduler, digits.grace_period) == (
-        "mo-asha", 3, "fifo", 1,
-    )  # fmt: skip
+    # The scheduler, its unit and grace period: the command's, else the space's (after the
+    # hand-over).
+    assert (s.scheduler, s.time_attr, s.grace_period) == ("mo-asha", "time_total_s", 60)
+    assert (digits.scheduler, digits.time_attr, digits.grace_period) == ("fifo", "epoch", 1)
     fifo = settings("--scheduler", "fifo")
-    assert (fifo.scheduler, fifo.grace_period) == ("fifo", 3)
+    assert (fifo.scheduler, fifo.grace_period) == ("fifo", 60)
     asha = settings("--scheduler", "asha", "--grace-period", "2").for_dataset("digits")
-    assert (asha.scheduler, asha.grace_period) == ("asha", 2)
+    assert (asha.scheduler, asha.time_attr, asha.grace_period) == ("asha", "epoch", 2)
+    epochs = settings("--time-attr", "epoch", "--grace-period", "3")
+    assert (epochs.scheduler, epochs.time_attr, epochs.grace_period) == ("mo-asha", "epoch", 3)
 
 
 def test_artifacts_live_beside_the_sqlite_store(smoke_search):

@@ -12,6 +12,7 @@ import optuna
 import pytest
 import yaml
 
+from tune import names as N
 from tune.space import SearchSpace, SpaceError, load_space, spaces_dir, validate_config
 
 SHIPPED = sorted(p.stem for p in spaces_dir().glob("*.yaml"))  # every file, whatever is added
@@ -622,14 +623,15 @@ def test_dataset_spaces(tmp_path: Path) -> None:
 
 def test_a_space_names_its_scheduler(tmp_path: Path) -> None:
     default = load_space("default")
-    assert (default.scheduler, default.grace_period, default.rank_within) == (
+    assert (default.scheduler, default.time_attr, default.grace_period, default.rank_within) == (
         "mo-asha",
-        3,
+        N.TIME_TOTAL,
+        60,
         ("finetune",),
     )
     assert (load_space("digits").scheduler, load_space("smoke").scheduler) == ("fifo", "fifo")
     space = load_space(write(tmp_path, {**minimal_space(), "scheduler": {"name": "asha"}}))
-    assert (space.scheduler, space.grace_period) == ("asha", 1)
+    assert (space.scheduler, space.time_attr, space.grace_period) == ("asha", N.EPOCH, 1)
     assert load_space(write(tmp_path, minimal_space())).scheduler == "fifo"
     cases = [
         ({"name": "hyperband"}, "scheduler.name", "is not one of fifo, asha, mo-asha"),
@@ -638,7 +640,7 @@ def test_a_space_names_its_scheduler(tmp_path: Path) -> None:
         (
             {"name": "asha", "grace": 3},
             "scheduler.grace",
-            "unknown key (known: name, grace_period, rank_within)",
+            "unknown key (known: name, time_attr, grace_period, rank_within)",
         ),
         ({"name": "asha", "rank_within": ["lr"]}, "scheduler.rank_within", "only mo-asha"),
         (
@@ -652,6 +654,12 @@ def test_a_space_names_its_scheduler(tmp_path: Path) -> None:
             "'fine_tune' is not a parameter of the space",
         ),
         ({"name": "fifo", "grace_period": 3}, "scheduler.grace_period", "fifo stops no trial"),
+        ({"name": "fifo", "time_attr": "epoch"}, "scheduler.time_attr", "fifo has no rungs"),
+        (
+            {"name": "mo-asha", "time_attr": "seconds"},
+            "scheduler.time_attr",
+            "str 'seconds' is not one of epoch, time_total_s",
+        ),
         (
             {"name": "mo-asha", "grace_period": 0},
             "scheduler.grace_period",

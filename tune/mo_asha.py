@@ -1,10 +1,14 @@
 """Multi-objective asynchronous successive halving (`--scheduler mo-asha`): stop trials early on
 both objectives.
 
-Rungs are the epochs grace_period * eta**k (1, 3, 9, 27, ... by default), counted over the whole
-trial: fine-tuning's epochs continue pre-training's, so rungs fall in either stage, and a rung
-beyond a trial's last epoch is simply never reached. At a rung epoch the trial reports its rung
-values (names.RUNG_OBJECTIVES, tune/rungs.py): silhouette up, reconstruction loss down.
+Rungs are at grace_period * eta**k (1, 3, 9, 27, ... by default) of the scheduler's time_attr:
+epochs, counted over the whole trial (fine-tuning's epochs continue pre-training's, so rungs fall
+in either stage), or seconds since the trial started, as Ray's ASHA can count them. A rung beyond
+a trial's end is simply never reached. At a rung the trial reports its rung values
+(names.RUNG_OBJECTIVES, tune/rungs.py: silhouette up, reconstruction loss down) with the rung
+they are for (names.RUNG_AT). Counted in seconds, rungs weigh a trial's cost: a cheap trial
+(shorter than the first rung) is never stopped, since stopping it saves little, and a costly one
+is ranked after the same spend as the others, whatever its epochs cost.
 
 The rule is Ray's ASHA (ray/tune/schedulers/async_hyperband.py) on ranks instead of values. ASHA
 decides when a trial reaches a rung, from the trials recorded there before it, and never waits for
@@ -19,8 +23,8 @@ of it in that order: ASHA's quantile position, in ranks (ASHA interpolates betwe
 where (m - 1) / eta is not a whole number this cut is a little stricter). Ties go to the trial,
 as in ASHA (equal rung values get equal crowding distances), and crowding distance (not
 hypervolume contribution) breaks ties inside a front, because it needs no reference point and
-keeps the spread of a front rather than its knee. Only a result at a rung epoch itself is ranked
-(ASHA takes the first result past a rung): the trainable reports every rung epoch on its own.
+keeps the spread of a front rather than its knee. Only a result carrying rung values is ranked, at the rung it names: the trainable reports each
+rung on its own, at the first epoch past it (ASHA takes the first result past a rung).
 
 A space can name config keys to rank within (`scheduler: {..., rank_within: [finetune]}`): a
 trial is then ranked only against the trials at its rung with the same values of those keys.
@@ -59,11 +63,12 @@ if TYPE_CHECKING:
 
 GRACE_PERIOD = 1
 REDUCTION_FACTOR = 3
-# Rungs are listed up to this epoch: beyond any trial's, and a rung never reached costs nothing.
+# Rungs are listed up to this epoch or second: beyond any trial's, and a rung never reached costs
+# nothing.
 MAX_RUNG_EPOCH = 10**6
 
 
-def rung_epochs(
+def rung_milestones(
     grace_period: int = GRACE_PERIOD,
     reduction_factor: int = REDUCTION_FACTOR,
     max_t: int = MAX_RUNG_EPOCH,
@@ -142,9 +147,9 @@ def continues(candidate: np.ndarray, others: np.ndarray, reduction_factor: float
 
 
 class MOASHAScheduler(FIFOScheduler):
-    """Asynchronous successive halving on both rung objectives (module docstring), with
-    time_attr names.EPOCH. Give the trainable `rungs` (the epochs at which it must report its
-    rung values) and add `SchedulerState(scheduler)` to the run's callbacks."""
+    """Asynchronous successive halving on both rung objectives (module docstring). Give the
+    trainable `Rungs(scheduler.rungs, time_attr)` (tune/rungs.py: where it must report its rung
+    values) and add `SchedulerState(scheduler)` to the run's callbacks."""
 
     def __init__(
         self,
@@ -152,14 +157,18 @@ class MOASHAScheduler(FIFOScheduler):
         grace_period: int = GRACE_PERIOD,
         reduction_factor: int = REDUCTION_FACTOR,
         rank_within: Sequence[str] = (),
+        time_attr: str = N.EPOCH,
     ) -> None:
         super().__init__()
+        if time_attr not in N.TIME_ATTRS:
+            raise ValueError(f"time_attr must be one of {N.TIME_ATTRS}, got {time_attr!r}")
+        self.time_attr = time_attr
         self.points = [dict(p) for p in points]
         self.rank_within = tuple(rank_within)
         self.reduction_factor = reduction_factor
-        self.rungs = rung_epochs(grace_period, reduction_factor)
-        # rung epoch -> trial id -> rung values (names.RUNG_OBJECTIVES order) of every trial
-        # ranked there; trial id -> the rung epoch the scheduler stopped it at; trial id -> its
+        self.rungs = rung_milestones(grace_period, reduction_factor)
+        # rung -> trial id -> rung values (names.RUNG_OBJECTIVES order) of every trial
+        # ranked there; trial id -> the rung the scheduler stopped it at; trial id -> its
         # group (its values of rank_within's keys)
         self.recorded: dict[int, dict[str, tuple[float, ...]]] = {}
         self.stopped: dict[str, int] = {}
@@ -191,10 +200,10 @@ class MOASHAScheduler(FIFOScheduler):
 
     def _rank(self, trial: Trial, result: Mapping[str, Any], can_stop: bool) -> str:
         """Record a rung result and decide (module docstring); CONTINUE for any other result."""
-        epoch = result.get(N.EPOCH)
-        if epoch not in self.rungs or not all(k in result for k in N.RUNG_OBJECTIVES):
+        at = result.get(N.RUNG_AT)
+        if at not in self.rungs or not all(k in result for k in N.RUNG_OBJECTIVES):
             return TrialScheduler.CONTINUE
-        recorded = self.recorded.setdefault(int(epoch), {})
+        recorded = self.recorded.setdefault(int(at), {})
         if trial.trial_id in recorded:  # decided when it first got here
             return TrialScheduler.CONTINUE
         values = tuple(float(result[k]) for k in N.RUNG_OBJECTIVES)
@@ -209,11 +218,12 @@ class MOASHAScheduler(FIFOScheduler):
             recorded[trial.trial_id] = values
         if keep:
             return TrialScheduler.CONTINUE
-        self.stopped[trial.trial_id] = int(epoch)
+        self.stopped[trial.trial_id] = int(at)
         return TrialScheduler.STOP
 
     def debug_string(self) -> str:
-        counts = ", ".join(f"epoch {e}: {len(r)}" for e, r in sorted(self.recorded.items()))
+        unit = "s" if self.time_attr == N.TIME_TOTAL else "epochs"
+        counts = ", ".join(f"{e} {unit}: {len(r)}" for e, r in sorted(self.recorded.items()))
         return f"MO-ASHA: stopped {len(self.stopped)}; trials ranked at {counts or 'no rung yet'}"
 
     # -- state: rung records and stop decisions ------------------------------------------------

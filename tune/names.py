@@ -56,6 +56,12 @@ SCHEDULERS = ("fifo", "asha", "mo-asha")
 RUNG_SILHOUETTE = "rung/silhouette"
 RUNG_RECON_LOSS = "rung/recon_loss"
 RUNG_OBJECTIVES: dict[str, str] = {RUNG_SILHOUETTE: "max", RUNG_RECON_LOSS: "min"}
+# The rung (scheduler milestone) those values are for: an epoch, or seconds of the trial.
+RUNG_AT = "rung/at"
+# What mo-asha's and asha's rungs count (a space's `scheduler.time_attr`, --time-attr): epochs,
+# or seconds since the trial started (Tune's name for it), which weighs a trial's cost.
+TIME_TOTAL = "time_total_s"
+TIME_ATTRS = (EPOCH, TIME_TOTAL)
 
 # Which clusterer gave SILHOUETTE ("abo" or "kmeans"): the best validation silhouette among the
 # clusterers that use all n_clusters clusters on train; only if none does, among the others (a

@@ -1,6 +1,6 @@
-"""What a trial measures at a rung epoch of `--scheduler mo-asha`: both objectives, cheaply.
+"""What a trial measures at a rung of `--scheduler mo-asha`: both objectives, cheaply.
 
-The scheduler (tune/mo_asha.py) ranks trials at a few epochs on the two objectives, but the real
+The scheduler (tune/mo_asha.py) ranks trials at a few rungs on the two objectives, but the real
 silhouette needs the whole pipeline (fine-tuning, reduction, both clusterers, every point of the
 split). At a rung the trial measures a proxy instead: KMeans with the trial's n_clusters (seeded,
 few inits) on the codes of a fixed, seeded subsample of the objective split, taken through the
@@ -10,6 +10,11 @@ epoch anyway. Every trial of a search has the same seed, so every trial is measu
 points. The reduction is part of the proxy because a UMAP stage multiplies the silhouette
 (bench/RESULTS.md gives both for every trial): measured in the latent space, the proxy would rank
 a UMAP trial by a number its final score has little to do with.
+
+Rungs count epochs, or seconds of the trial (`Rungs.time_attr`). In seconds, a trial measures at
+the end of the first epoch at or after a rung, and a trial whose whole run is shorter than the
+first rung is never ranked: stopping it would save little, and at a rung counted in epochs a
+cheap trial is stopped on the same near-tied proxy as a costly one.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -85,23 +91,49 @@ def rung_values(
 OnEpoch = Callable[[dict[str, float], Callable[[], dict]], None]
 
 
+@dataclass(frozen=True)
+class Rungs:
+    """The scheduler's rungs `at`, in `time_attr` units (names.TIME_ATTRS): epochs, or seconds
+    since the trial started."""
+
+    at: tuple[int, ...]
+    time_attr: str = N.EPOCH
+
+    def __post_init__(self) -> None:
+        if self.time_attr not in N.TIME_ATTRS:
+            raise ValueError(f"time_attr must be one of {N.TIME_ATTRS}, got {self.time_attr!r}")
+
+
 def with_rung_values(
     on_epoch: OnEpoch,
-    rungs: frozenset[int],
+    rungs: Rungs,
     model: torch.nn.Module,
     x_split: torch.Tensor,
     n_clusters: int,
     seed: int,
     reduction: Reduction | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> OnEpoch:
-    """`on_epoch` whose record, at an epoch in `rungs`, also carries the rung values (a copy: the
-    training history keeps its own records)."""
+    """`on_epoch` whose record, at a rung, also carries the rung values and names.RUNG_AT (a
+    copy: the training history keeps its own records). In epochs, a rung is that epoch; in
+    seconds (`clock()`: the trial's seconds so far), the first epoch ending at or after it, for
+    the latest rung passed (ASHA's rule); rungs already passed when this is called (a trial
+    resumed from a checkpoint) were ranked before."""
+    in_seconds = rungs.time_attr == N.TIME_TOTAL
+    if in_seconds and clock is None:
+        raise ValueError("rungs in seconds need the trial's clock")
     x_sample = x_split[torch.as_tensor(rung_sample(len(x_split), seed), device=x_split.device)]
+    passed = {at for at in rungs.at if in_seconds and at <= clock()}
 
     def measured(record: dict[str, float], state: Callable[[], dict]) -> None:
-        if record["epoch"] in rungs:
+        now = clock() if in_seconds else record["epoch"]
+        due = [
+            at for at in rungs.at if at not in passed and (at <= now if in_seconds else at == now)
+        ]
+        if due:
             values = rung_values(model, x_sample, record["val_loss"], n_clusters, seed, reduction)
-            record = {**record, **values}
+            record = {**record, **values, N.RUNG_AT: max(due)}
+            passed.update(due)
         on_epoch(record, state)
 
     return measured

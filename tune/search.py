@@ -154,17 +154,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=N.SCHEDULERS,
         default=None,
         help="asha stops trials early on validation reconstruction loss; mo-asha on both "
-        "objectives, ranked at epochs G, 3G, 9G, ... of --grace-period (the space's points are "
-        "never stopped). Default: the space's `scheduler` (default.yaml: mo-asha, grace 3), "
-        "else fifo",
+        "objectives, ranked at rungs G, 3G, 9G, ... of --grace-period (the space's points are "
+        "never stopped). Default: the space's `scheduler` (default.yaml: mo-asha, rungs at 60, "
+        "180, ... seconds of a trial), else fifo",
+    )
+    p.add_argument(
+        "--time-attr",
+        choices=N.TIME_ATTRS,
+        default=None,
+        help="asha and mo-asha: what rungs count, epochs or seconds since the trial started. "
+        "Default: the space's, else epoch",
     )
     p.add_argument(
         "--grace-period",
         type=int,
         default=None,
         metavar="G",
-        help="asha and mo-asha: the first epoch at which a trial can be stopped (rungs at G, 3G, "
-        "9G, ...). Default: the space's, else 1 (Ray's ASHA default)",
+        help="asha and mo-asha: the first rung, where a trial can first be stopped (rungs at G, "
+        "3G, 9G, ... of --time-attr). Default: the space's, else 1 (Ray's ASHA default)",
     )
     p.add_argument(
         "--weights",
@@ -227,6 +234,11 @@ class Settings:
     def grace_period(self) -> int:
         """--grace-period, else the space's."""
         return self.args.grace_period or self.space.grace_period
+
+    @property
+    def time_attr(self) -> str:
+        """--time-attr, else the space's."""
+        return self.args.time_attr or self.space.time_attr
 
     def for_dataset(self, name: str) -> Settings:
         """These settings with the space the current one names for data set `name`
@@ -310,6 +322,7 @@ SETTINGS_FILE = "clustertune.json"
 RESUMED_SETTINGS = (
     "scheduler",  # Tune restores its scheduler; the trainable must report what that one reads
     "grace_period",
+    "time_attr",
     "num_samples",  # Tune restores its own; ours says how many were asked
     "space",
     "dataset",
@@ -568,6 +581,7 @@ def open_tracking(s: Settings, dataset) -> Tracking:
             "seed": s.seed,
             "scheduler": s.scheduler,
             "grace_period": s.grace_period,
+            "time_attr": s.time_attr,
             "rank_within": list(s.space.rank_within) if s.scheduler == "mo-asha" else [],
             "cpus_per_trial": s.cpus_per_trial,
             "gpus_per_trial": s.gpus_per_trial,
@@ -814,7 +828,8 @@ def make_tuner(s: Settings, dataset, logger, journal: Path):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tune.console import ProgressPrinter
-    from tune.mo_asha import MOASHAScheduler, SchedulerState, rung_epochs
+    from tune.mo_asha import MOASHAScheduler, SchedulerState, rung_milestones
+    from tune.rungs import Rungs
     from tune.searcher import ClusterSearch, make_searcher
     from tune.tracking import MLflowTrialLogger
     from tune.trial import trainable
@@ -822,7 +837,9 @@ def make_tuner(s: Settings, dataset, logger, journal: Path):
     resources = {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial}
     progress = ProgressPrinter(s.num_samples)
     # Only mo-asha reads rung values: other searches do not pay for measuring them.
-    rungs = rung_epochs(s.grace_period) if s.scheduler == "mo-asha" else ()
+    rungs = (
+        Rungs(rung_milestones(s.grace_period), s.time_attr) if s.scheduler == "mo-asha" else None
+    )
     fn = tune.with_resources(tune.with_parameters(trainable, data=dataset, rungs=rungs), resources)
     if s.resume:
         tuner = tune.Tuner.restore(s.experiment_dir, trainable=fn, resume_errored=True)
@@ -845,12 +862,13 @@ def make_tuner(s: Settings, dataset, logger, journal: Path):
                 points=s.space.points,
                 grace_period=s.grace_period,
                 rank_within=s.space.rank_within,
+                time_attr=s.time_attr,
             )
             # first: on resume the restored callbacks keep their order, the logger is swapped
             callbacks.insert(0, SchedulerState(scheduler))
         elif s.scheduler == "asha":
             scheduler = ASHAScheduler(
-                metric=N.VAL_LOSS, mode="min", time_attr=N.EPOCH, grace_period=s.grace_period
+                metric=N.VAL_LOSS, mode="min", time_attr=s.time_attr, grace_period=s.grace_period
             )
         else:
             scheduler = FIFOScheduler()

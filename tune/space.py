@@ -410,6 +410,7 @@ class SearchSpace:
     # The Ray Tune scheduler that suits this space's budgets (top-level `scheduler`); the
     # command's --scheduler and --grace-period override it.
     scheduler: str = "fifo"
+    time_attr: str = N.EPOCH  # what rungs count: names.TIME_ATTRS
     grace_period: int = 1
     # mo-asha ranks a trial only against trials with its values of these keys (tune/mo_asha.py)
     rank_within: tuple[str, ...] = ()
@@ -656,12 +657,12 @@ def _load(path: Path, stack: tuple[Path, ...]) -> SearchSpace:
     )
 
 
-SCHEDULER_KEYS = ("name", "grace_period", "rank_within")
+SCHEDULER_KEYS = ("name", "time_attr", "grace_period", "rank_within")
 
 
 def _parse_scheduler(shown: str, raw: Any, params: Mapping[str, Param]) -> dict[str, Any]:
-    """`scheduler: {name: mo-asha, grace_period: 3, rank_within: [finetune]}` -> SearchSpace's
-    scheduler fields."""
+    """`scheduler: {name: mo-asha, time_attr: time_total_s, grace_period: 60, rank_within:
+    [finetune]}` -> SearchSpace's scheduler fields."""
     if raw is None:
         return {}
     if not isinstance(raw, Mapping) or "name" not in raw:
@@ -677,6 +678,17 @@ def _parse_scheduler(shown: str, raw: Any, params: Mapping[str, Param]) -> dict[
             shown, "scheduler.name", f"{_show(name)} is not one of {', '.join(N.SCHEDULERS)}"
         )
     out: dict[str, Any] = {"scheduler": name}
+    if "time_attr" in raw:
+        unit = raw["time_attr"]
+        if name == "fifo":
+            raise SpaceError(shown, "scheduler.time_attr", "fifo has no rungs")
+        if unit not in N.TIME_ATTRS:
+            raise SpaceError(
+                shown,
+                "scheduler.time_attr",
+                f"{_show(unit)} is not one of {', '.join(N.TIME_ATTRS)}",
+            )
+        out["time_attr"] = unit
     if "grace_period" in raw:
         grace = raw["grace_period"]
         if name == "fifo":

@@ -15,7 +15,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from tune.data import Dataset
 from tune.finetune import finetune, initial_centers
 from tune.metrics import CLUSTER_SCORE_KEYS, cluster_scores, label_scores, silhouette_scores
 from tune.reduction import apply_reduction, fit_reduction
-from tune.rungs import with_rung_values
+from tune.rungs import Rungs, with_rung_values
 from tune.training import (
     DivergedError,
     embed,
@@ -61,6 +61,8 @@ TEST_HOLD = os.environ.get("CLUSTERTUNE_TEST_HOLD")
 # (files DIR/arrived-<trial id>), so that a test knows that N trials ran at once.
 TEST_GATHER = os.environ.get("CLUSTERTUNE_TEST_GATHER")
 STATE_FILE = "train_state.pt"
+# Beside it: the trial's seconds so far, so rungs counted in seconds go on from there on a retry.
+CLOCK_FILE = "clock.json"
 MODEL_FILE = "model.pt"
 CLUSTERERS_FILE = "clusterers.npz"
 REDUCTION_FILE = "reduction.joblib"  # the fitted PCA or UMAP (pickled: neither has another format)
@@ -119,7 +121,8 @@ def run_trial(
     out_dir: str | Path | None = None,
     on_epoch: Callable[[dict[str, float], Callable[[], dict]], None] | None = None,
     resume: dict[str, Any] | None = None,
-    rungs: Collection[int] = (),
+    rungs: Rungs | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     """Run the whole pipeline for one config (typed, or flat and checked here); returns the flat
     result (names from tune.names).
@@ -128,8 +131,9 @@ def run_trial(
     (tune/finetune.py); embed every split; optionally reduce the codes (PCA or UMAP,
     tune/reduction.py); fit ABO_clusterer and KMeans on train and predict val/test; score. Each
     stage's wall time is in the result (time/<stage>_s). `resume` is a state handed to `on_epoch`
-    (either stage's): the trial continues from it exactly. At the epochs in `rungs` (either
-    stage's), the record handed to `on_epoch` also carries the rung values (tune/rungs.py).
+    (either stage's): the trial continues from it exactly. At `rungs` (epochs of either stage,
+    or seconds of `clock`: the trial's seconds so far, by default since this call), the record
+    handed to `on_epoch` also carries the rung values (tune/rungs.py).
 
     With `out_dir`, also writes the model, the clusterers' centres, the reduction, the config, the
     result and the PNG artifacts there. A NaN/inf training loss stops training at once and gives a
@@ -152,11 +156,13 @@ def run_trial(
     }
     y = {"train": dataset.y_train, "val": dataset.y_val, "test": dataset.y_test}
     x_val = x["val"] if len(x["val"]) else None
-    if rungs and on_epoch is not None:  # measured on the split the objectives come from
-        split = x["val"] if x_val is not None else x["train"]
+    if rungs is not None and rungs.at and on_epoch is not None:
+        split = x["val"] if x_val is not None else x["train"]  # where the objectives come from
+        if clock is None:
+            clock = lambda: time.perf_counter() - start  # noqa: E731
         n_clusters = cfg.clustering.n_clusters
         on_epoch = with_rung_values(
-            on_epoch, frozenset(rungs), model, split, n_clusters, seed, cfg.reduction
+            on_epoch, rungs, model, split, n_clusters, seed, cfg.reduction, clock
         )
     result: dict[str, Any] = {
         N.NODE: _node_id(),
@@ -471,21 +477,29 @@ def _gather() -> None:
         time.sleep(0.05)
 
 
-def trainable(config: dict[str, Any], data: Dataset, rungs: Collection[int] = ()) -> None:
+def trainable(config: dict[str, Any], data: Dataset, rungs: Rungs | None = None) -> None:
     """Ray Tune function trainable: `tune.with_parameters(trainable, data=dataset)`.
 
-    `rungs`: the epochs at which the scheduler decides (`--scheduler mo-asha`); each is reported
-    at once, with its rung values (names.RUNG_OBJECTIVES), whatever the report interval.
+    `rungs`: where the scheduler decides (`--scheduler mo-asha`), in epochs or in seconds since
+    the trial started (a retried trial goes on counting from its checkpoint); each rung is
+    reported at once, with its rung values (names.RUNG_OBJECTIVES), whatever the report interval.
     """
     from ray import tune
 
     _gather()
-    resume = None
+    resume, elapsed = None, 0.0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a retried trial: continue from the last saved epoch
         with checkpoint.as_directory() as d:
             if (Path(d) / STATE_FILE).exists():
                 resume = torch.load(Path(d) / STATE_FILE, weights_only=False)
+            if (Path(d) / CLOCK_FILE).exists():
+                elapsed = json.loads((Path(d) / CLOCK_FILE).read_text())["elapsed_s"]
+    started = time.monotonic() - elapsed
+
+    def clock() -> float:
+        return time.monotonic() - started
+
     resources = tune.get_context().get_trial_resources().required_resources
     gpu = bool(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", 1)))
@@ -503,7 +517,7 @@ def trainable(config: dict[str, Any], data: Dataset, rungs: Collection[int] = ()
         nonlocal last_checkpoint, last_report
         entry = [record["epoch"], record["train_loss"], record["val_loss"]]
         unreported.append(entry + ([record["cluster_loss"]] if "cluster_loss" in record else []))
-        rung = {k: record[k] for k in N.RUNG_OBJECTIVES if k in record}
+        rung = {k: record[k] for k in (*N.RUNG_OBJECTIVES, N.RUNG_AT) if k in record}
         if record["epoch"] >= last_epoch:
             final_rung.update(rung)
             return  # the final report right after carries it, and a checkpoint
@@ -528,6 +542,7 @@ def trainable(config: dict[str, Any], data: Dataset, rungs: Collection[int] = ()
             last_checkpoint = now
             with tempfile.TemporaryDirectory() as d:
                 torch.save(state(), Path(d) / STATE_FILE)
+                (Path(d) / CLOCK_FILE).write_text(json.dumps({"elapsed_s": clock()}))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         else:
             tune.report(metrics)
@@ -543,6 +558,7 @@ def trainable(config: dict[str, Any], data: Dataset, rungs: Collection[int] = ()
             on_epoch=on_epoch,
             resume=resume,
             rungs=rungs,
+            clock=clock,
         )
         if result[N.STATUS] == N.Status.DIVERGED:
             (Path(out) / RESULT_FILE).write_text(json.dumps(result, indent=1))
