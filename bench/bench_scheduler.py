@@ -511,8 +511,12 @@ def section(
     c: Comparison, case: str, plot_path: Path, load: tuple[str, str], note: str, bench_cmd: str
 ) -> str:
     """The dated RESULTS.md section."""
-    started = dt.datetime.fromtimestamp(c.fifo.start).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    # the later search's start: with --fifo-from, FIFO's ran in an earlier benchmark
+    last = max(c.fifo.start, c.moasha.start)
+    started = dt.datetime.fromtimestamp(last).astimezone().strftime("%Y-%m-%d %H:%M %Z")
     commits = {s.commit for s in (c.fifo, c.moasha) if s.commit}
+    if len(commits) > 1:
+        commits = {f"{s.scheduler} {s.commit}" for s in (c.fifo, c.moasha) if s.commit}
     picture = os.path.relpath(plot_path, RESULTS.parent)
     lines = [
         "",

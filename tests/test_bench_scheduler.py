@@ -116,6 +116,24 @@ def test_compare_against_fifo() -> None:
     assert "**1.000x** FIFO's final (target >= 1x: met)" in text
 
 
+def test_a_section_is_dated_by_the_later_search_and_names_each_commit() -> None:
+    """With --fifo-from, FIFO's search ran in an earlier benchmark, maybe at another commit."""
+    from dataclasses import replace
+
+    day = 1796342400.0  # 2026-12-04 00:00 UTC
+    fifo = replace(_search("fifo", [], 100.0), start=day - 3 * 3600, commit="aaa")
+    moasha = replace(_search("mo-asha", [], 100.0), start=day + 600, commit="bbb")
+    c = bench.compare(fifo, moasha)
+    later = bench.dt.datetime.fromtimestamp(day + 600).astimezone().strftime("%Y-%m-%d %H:%M")
+    text = bench.section(c, "default", Path("p.png"), ("0", "0"), "", "cmd")
+    assert text.splitlines()[1].startswith(f"## {later} ")
+    assert "- git commit: fifo aaa, mo-asha bbb" in text
+    same = bench.section(
+        replace(c, fifo=replace(fifo, commit="bbb")), "d", Path("p"), ("", ""), "", ""
+    )
+    assert "- git commit: bbb\n" in same
+
+
 def test_no_targets_when_fifo_never_beats_the_reference() -> None:
     # Losses above the reference loss (an autoencoder no better than the mean image): nothing on
     # the front counts, so there is no hypervolume to reach and no ratio to report.

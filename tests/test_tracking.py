@@ -188,9 +188,10 @@ def test_a_trial_stopped_at_a_rung_keeps_its_rung_values_and_says_so(store):
     trial = FakeTrial("t4")
     logger.on_trial_start(0, [], trial)
     rungs = {1: (0.3, 2.0), 3: (0.2, 2.0 / 3)}
+    at = {1: 60, 3: 180}  # rungs in seconds, reached at epochs 1 and 3
     for epoch in (1, 3):  # epochs 2 and 3 in one report: the one at rung 3 carries epoch 2 too
         log = [[e, 1.0 / e, 2.0 / e] for e in range(2 if epoch == 3 else 1, epoch + 1)]
-        result = {**epoch_result(epoch), N.EPOCH_LOG: log}
+        result = {**epoch_result(epoch), N.EPOCH_LOG: log, N.RUNG_AT: at[epoch]}
         result.update(zip(N.RUNG_OBJECTIVES, rungs[epoch], strict=True))
         logger.on_trial_result(0, [], trial, result)
         logger.on_trial_result(0, [], trial, result)  # the same point again: logged once
@@ -203,6 +204,10 @@ def test_a_trial_stopped_at_a_rung_keeps_its_rung_values_and_says_so(store):
     for i, key in enumerate(N.RUNG_OBJECTIVES):
         history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
         assert history == [(e, v[i]) for e, v in rungs.items()]
+    history = sorted(
+        (m.step, m.value) for m in client.get_metric_history(run.info.run_id, N.RUNG_AT)
+    )
+    assert history == [(1, 60), (3, 180)]  # which rung each epoch's values are for
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, N.TRAIN_LOSS))
     assert steps == [1, 2, 3]
     assert run.data.tags[N.STATUS] == N.Status.STOPPED and run.data.tags[N.STOPPED_AT_EPOCH] == "3"

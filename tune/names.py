@@ -45,9 +45,9 @@ OBJECTIVES: dict[str, str] = {SILHOUETTE: "max", RECON_LOSS: "min"}
 # Ray Tune schedulers a search can run (`--scheduler`, or a space's top-level `scheduler`).
 SCHEDULERS = ("fifo", "asha", "mo-asha")
 
-# Intermediate values of both objectives at the rung epochs of `--scheduler mo-asha`
-# (tune/mo_asha.py), in the per-epoch result of a rung epoch (and in the final result when the
-# last epoch is a rung).
+# Intermediate values of both objectives at the rungs of `--scheduler mo-asha`
+# (tune/mo_asha.py), in the per-epoch result of the epoch that reached a rung (and in the final
+# result when that is the last epoch).
 # RUNG_SILHOUETTE is KMeans (the trial's n_clusters, seeded, few inits) on a fixed, seeded
 # subsample of the validation split's codes, after the trial's own reduction fitted on that
 # subsample, scored with the exact silhouette on it: a cheap proxy measured before fine-tuning's

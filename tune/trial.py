@@ -51,7 +51,7 @@ CHECKPOINT_INTERVAL_S = float(os.environ.get("CLUSTERTUNE_CHECKPOINT_INTERVAL_S"
 # Each tune.report costs the trial time in its actor and the driver more (results, loggers,
 # searcher), which short epochs cannot afford. Epochs are therefore reported at most this often,
 # each report carrying the epochs since the last one (names.EPOCH_LOG), so Tune, ASHA and MLflow
-# still see every epoch; a rung epoch of `--scheduler mo-asha` is reported at once.
+# still see every epoch; an epoch that reaches a rung of `--scheduler mo-asha` is reported at once.
 REPORT_INTERVAL_S = float(os.environ.get("CLUSTERTUNE_REPORT_INTERVAL_S", "1"))
 # Test-only, for event-driven fault tests (tests/conftest.py's Hold): "DIR:EPOCH" makes a trial
 # that reaches EPOCH (not its last) report it with a checkpoint, then wait while DIR/hold exists
@@ -524,7 +524,7 @@ def trainable(config: dict[str, Any], data: Dataset, rungs: Rungs | None = None)
         now = time.monotonic()
         hold = _hold_file(record["epoch"])
         checkpoint_due = hold is not None or now - last_checkpoint >= CHECKPOINT_INTERVAL_S
-        # A rung epoch is always reported: the scheduler decides on that epoch's values.
+        # A rung is always reported: the scheduler decides on that epoch's values.
         if not checkpoint_due and not rung and now - last_report < REPORT_INTERVAL_S:
             return
         metrics = {

@@ -214,8 +214,9 @@ def result_metrics(result: Mapping[str, Any]) -> list[Metric]:
 
 def epoch_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The per-epoch points a Tune result carries: its N.EPOCH_LOG entries, or else the result
-    itself unless it is the final one. The rung values of a per-epoch result (a rung epoch is
-    always the reported one) go with its own epoch; a final result's are logged with it."""
+    itself unless it is the final one. The rung values of a per-epoch result, with the rung they
+    are for (an epoch that reaches a rung is always the reported one), go with its own epoch; a
+    final result's are logged with it."""
     log = result.get(N.EPOCH_LOG)
     if isinstance(log, list):
         stamp = {"timestamp": result["timestamp"]} if "timestamp" in result else {}
@@ -237,7 +238,7 @@ def epoch_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _rung_values(result: Mapping[str, Any]) -> dict[str, float]:
-    return {k: _float(result[k]) for k in N.RUNG_OBJECTIVES if k in result}
+    return {k: _float(result[k]) for k in (*N.RUNG_OBJECTIVES, N.RUNG_AT) if k in result}
 
 
 def _float(value: Any) -> float:
