@@ -258,7 +258,7 @@ def test_credentials_in_urls_are_redacted():
 
 
 def test_the_default_space_on_digits_is_digits_yaml(tmp_path):
-    from tune.search import check_args, parse_args, resolve_args
+    from tune.search import check_args, make_scheduler, parse_args, resolve_args, scheduler_summary
 
     def settings(*argv):
         args = ["--storage-path", str(tmp_path), "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"]
@@ -281,6 +281,26 @@ def test_the_default_space_on_digits_is_digits_yaml(tmp_path):
     assert (asha.scheduler, asha.time_attr, asha.grace_period) == ("asha", "epoch", 2)
     epochs = settings("--time-attr", "epoch", "--grace-period", "3")
     assert (epochs.scheduler, epochs.time_attr, epochs.grace_period) == ("mo-asha", "epoch", 3)
+    # what the search's first line says of them
+    assert scheduler_summary(s) == "mo-asha scheduler (rungs at 60, 180, 540, ... s)"
+    assert scheduler_summary(epochs) == "mo-asha scheduler (rungs at 3, 9, 27, ... epochs)"
+    assert scheduler_summary(asha) == "asha scheduler (rungs at 2, 6, 18, ... epochs)"
+    assert scheduler_summary(digits) == "fifo scheduler"
+    # the schedulers built from them: Ray's ASHA in seconds stops no trial for its length (its
+    # max_t), only at a rung
+    assert (
+        make_scheduler(s).rungs[:2] == (60, 180) and make_scheduler(s).time_attr == "time_total_s"
+    )
+    assert type(make_scheduler(digits)).__name__ == "FIFOScheduler"
+    from ray.tune.experiment import Trial
+
+    seconds = settings("--scheduler", "asha", "--grace-period", "60")
+    asha_s = make_scheduler(seconds)
+    trial = Trial("__fake", config={}, stub=True)
+    asha_s.on_trial_add(None, trial)
+    at = {N.VAL_LOSS: 0.1, "time_total_s": 150.0, "epoch": 40}
+    assert asha_s.on_trial_result(None, trial, at) == "CONTINUE"
+    assert asha_s.on_trial_result(None, trial, {**at, "time_total_s": 5000.0}) == "CONTINUE"
 
 
 def test_artifacts_live_beside_the_sqlite_store(smoke_search):

@@ -23,8 +23,9 @@ of it in that order: ASHA's quantile position, in ranks (ASHA interpolates betwe
 where (m - 1) / eta is not a whole number this cut is a little stricter). Ties go to the trial,
 as in ASHA (equal rung values get equal crowding distances), and crowding distance (not
 hypervolume contribution) breaks ties inside a front, because it needs no reference point and
-keeps the spread of a front rather than its knee. Only a result carrying rung values is ranked, at the rung it names: the trainable reports each
-rung on its own, at the first epoch past it (ASHA takes the first result past a rung).
+keeps the spread of a front rather than its knee. Only a result carrying rung values is ranked,
+at the rung it names: the trainable reports each rung on its own, at the first epoch past it
+(ASHA takes the first result past a rung).
 
 A space can name config keys to rank within (`scheduler: {..., rank_within: [finetune]}`): a
 trial is then ranked only against the trials at its rung with the same values of those keys.

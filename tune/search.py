@@ -249,6 +249,16 @@ class Settings:
         return replace(self, space=space, num_samples=num_samples(self.args, space))
 
 
+def scheduler_summary(s: Settings) -> str:
+    """'fifo scheduler', or where asha and mo-asha decide: 'mo-asha scheduler (rungs at 60, 180,
+    540, ... s)'."""
+    if s.scheduler == "fifo":
+        return "fifo scheduler"
+    rungs = [s.grace_period * 3**k for k in range(3)]  # both schedulers' reduction factor, 3
+    unit = "s" if s.time_attr == N.TIME_TOTAL else "epochs"
+    return f"{s.scheduler} scheduler (rungs at {', '.join(map(str, rungs))}, ... {unit})"
+
+
 def num_samples(args: argparse.Namespace, space: SearchSpace) -> int:
     """Trials to run: --num-samples, or the default, and never more than a points-only space has."""
     n = args.num_samples or (SMOKE_SAMPLES if args.smoke else DEFAULT_SAMPLES)
@@ -469,7 +479,7 @@ def _run_logged(s: Settings, dataset, log: Path) -> int:
     action = "resuming" if s.resume else "starting"
     say(
         f"Search {s.name} ({action}): {s.num_samples} trials of {s.space.path.name} on "
-        f"{dataset.name}, {s.scheduler} scheduler. Log: {log}"
+        f"{dataset.name}, {scheduler_summary(s)}. Log: {log}"
     )
     tracking = open_tracking(s, dataset)
     link = report.ui_link(s.tracking_uri, tracking.experiment_id, tracking.parent_run_id)
@@ -820,12 +830,38 @@ def journal_location(s: Settings) -> Path:
     return DEFAULT_STORAGE / "optuna-journals" / f"{s.name}.journal"
 
 
+def make_scheduler(s: Settings):
+    """The Tune scheduler of --scheduler (or the space's): FIFO, Ray's ASHA or mo-asha."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from tune.mo_asha import MAX_RUNG_EPOCH, REDUCTION_FACTOR, MOASHAScheduler
+
+    if s.scheduler == "mo-asha":
+        return MOASHAScheduler(
+            points=s.space.points,
+            grace_period=s.grace_period,
+            rank_within=s.space.rank_within,
+            time_attr=s.time_attr,
+        )
+    if s.scheduler == "asha":
+        # Ray's max_t (100 by default) stops every trial that reaches it: unbounded here, as for
+        # mo-asha, so that rungs in seconds end no trial; and mo-asha's reduction factor.
+        return ASHAScheduler(
+            metric=N.VAL_LOSS,
+            mode="min",
+            time_attr=s.time_attr,
+            grace_period=s.grace_period,
+            reduction_factor=REDUCTION_FACTOR,
+            max_t=MAX_RUNG_EPOCH,
+        )
+    return FIFOScheduler()
+
+
 def make_tuner(s: Settings, dataset, logger, journal: Path):
     """The Tuner (Ray started by start_ray): a new one, or the restored --name; its Optuna study
     is journaled at `journal`."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tune.console import ProgressPrinter
     from tune.mo_asha import MOASHAScheduler, SchedulerState, rung_milestones
@@ -857,21 +893,10 @@ def make_tuner(s: Settings, dataset, logger, journal: Path):
     else:
         searcher = make_searcher(s.space, s.seed, journal, s.name)
         callbacks = [CSVLoggerCallback(), JsonLoggerCallback(), logger, progress]
-        if s.scheduler == "mo-asha":
-            scheduler = MOASHAScheduler(
-                points=s.space.points,
-                grace_period=s.grace_period,
-                rank_within=s.space.rank_within,
-                time_attr=s.time_attr,
-            )
+        scheduler = make_scheduler(s)
+        if isinstance(scheduler, MOASHAScheduler):
             # first: on resume the restored callbacks keep their order, the logger is swapped
             callbacks.insert(0, SchedulerState(scheduler))
-        elif s.scheduler == "asha":
-            scheduler = ASHAScheduler(
-                metric=N.VAL_LOSS, mode="min", time_attr=s.time_attr, grace_period=s.grace_period
-            )
-        else:
-            scheduler = FIFOScheduler()
         run_config = tune.RunConfig(
             name=s.name,
             storage_path=s.storage,
