@@ -25,7 +25,7 @@ minutes) to bench/scheduler_hypervolume.png.
     .venv/bin/python bench/bench_scheduler.py --quick    # digits, 8 short trials: a check
     .venv/bin/python bench/bench_scheduler.py --space mlp --num-samples 30 --seed 1
     .venv/bin/python bench/bench_scheduler.py --from DIR_FIFO DIR_MOASHA   # analyse, run nothing
-    .venv/bin/python bench/bench_scheduler.py --fifo-from DIR_FIFO --grace-period 1 \
+    .venv/bin/python bench/bench_scheduler.py --fifo-from DIR_FIFO --time-attr epoch --grace-period 3 \
         --mo-asha-samples 40     # mo-asha only, against an earlier run's FIFO search
     .venv/bin/python bench/bench_scheduler.py --mo-asha-samples 40 --equal-time
                                  # mo-asha gets more trials, and stops at FIFO's wall time
@@ -312,6 +312,8 @@ def run_search(scheduler: str, args: argparse.Namespace, budget_min: float | Non
         *("--cpus-per-trial", "1", "--storage-path", str(tmp / "ray")),
         *("--mlflow-uri", tracking_uri, "--name", name),
     ]
+    if scheduler == "mo-asha" and args.time_attr is not None:
+        cmd += ["--time-attr", args.time_attr]
     if scheduler == "mo-asha" and args.grace_period is not None:
         cmd += ["--grace-period", str(args.grace_period)]
     if budget_min is not None:
@@ -557,6 +559,12 @@ def main(argv: list[str] | None = None) -> None:
         "--mo-asha-samples",
         type=int,
         help="mo-asha's trials (default: --num-samples): stopping early leaves it time for more",
+    )
+    p.add_argument(
+        "--time-attr",
+        choices=("epoch", "time_total_s"),
+        default=None,
+        help="mo-asha's --time-attr (what rungs count; default: the space's)",
     )
     p.add_argument(
         "--grace-period",

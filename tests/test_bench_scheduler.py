@@ -198,11 +198,15 @@ def test_equal_time_stops_mo_asha_at_fifos_wall_time(
 
     monkeypatch.setattr(bench.subprocess, "run", fake_run)
     argv = ["--fifo-from", str(fifo), "--mo-asha-samples", "40", "--no-write"]
+    argv += ["--time-attr", "epoch", "--grace-period", "3"]
     with pytest.raises(_LaunchedError):
         bench.main(argv + (["--equal-time"] if equal_time else []))
     (cmd,) = launched  # FIFO came from the directory: only mo-asha's search was launched
     assert cmd[cmd.index("--scheduler") + 1] == "mo-asha"
     assert cmd[cmd.index("--num-samples") + 1] == "40"
+    assert cmd[cmd.index("--time-attr") + 1 : cmd.index("--time-attr") + 4] == [
+        "epoch", "--grace-period", "3",
+    ]  # fmt: skip
     if equal_time:  # FIFO's 750 s from its command's start
         assert cmd[cmd.index("--time-budget-min") + 1] == "12.50"
     else:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 import pickle
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -368,7 +369,8 @@ def test_the_rung_silhouette_is_the_exact_silhouette_of_the_subsample():
 
 def test_rungs_in_seconds_are_measured_at_the_first_epoch_past_them():
     """With rungs in seconds, the rung values come at the end of the first epoch at or past a
-    rung, for the latest rung passed; a trial resumed past a rung does not measure it again."""
+    rung, for the latest rung passed, with the clock then; a trial resumed from a checkpoint
+    measures again only the rungs it had not decided on when the checkpoint was saved."""
     torch.manual_seed(0)
     cfg = TrialConfig.from_flat({**GOOD, "latent_dim": 3})
     model = build_autoencoder(cfg.autoencoder, (8, 8))
@@ -382,19 +384,26 @@ def test_rungs_in_seconds_are_measured_at_the_first_epoch_past_them():
             measured({"epoch": epoch, "train_loss": 0.1, "val_loss": 0.2}, dict)
         return [(r["epoch"], r.get(N.RUNG_AT)) for r in got]
 
-    measured = with_rung_values(
-        lambda r, s: got.append(r), rungs, model, x, 3, 0, clock=lambda: now[0]
-    )
-    assert run(measured, (1, 30), (2, 59.9), (3, 75), (4, 100), (5, 600)) == [
-        (1, None), (2, None), (3, 60), (4, None), (5, 540),  # 5 passed 180 and 540: ranked at 540
+    def measuring(rungs):
+        return with_rung_values(
+            lambda r, s: got.append(r), rungs, model, x, 3, 0, clock=lambda: now[0]
+        )
+
+    now[0] = 70.0  # a set-up longer than the first rung: that rung is still measured
+    assert run(measuring(rungs), (1, 75), (2, 100), (3, 600)) == [
+        (1, 60), (2, None), (3, 540),  # 3 passed 180 and 540: ranked at 540
     ]  # fmt: skip
-    assert all(np.isfinite(got[i][N.RUNG_SILHOUETTE]) for i in (2, 4))
+    assert [r["clock_s"] for r in got] == [75, 100, 600]  # what a checkpoint keeps
+    assert [got[i][N.RUNG_CLOCK] for i in (0, 2)] == [75, 600]
+    assert all(np.isfinite(got[i][N.RUNG_SILHOUETTE]) for i in (0, 2))
     got.clear()
-    now[0] = 200.0  # resumed from a checkpoint saved after 200 s: 60 and 180 were ranked then
-    measured = with_rung_values(
-        lambda r, s: got.append(r), rungs, model, x, 3, 0, clock=lambda: now[0]
-    )
-    assert run(measured, (7, 230), (8, 541)) == [(7, None), (8, 540)]
+    assert run(measuring(rungs), (1, 30), (2, 59.9), (3, 60)) == [(1, None), (2, None), (3, 60)]
+    got.clear()
+    # resumed from a checkpoint whose last decision was at 175 s (saved later, past 180 s): 60
+    # was reported then, 180 was not
+    assert run(measuring(replace(rungs, decided_until=175.0)), (7, 230), (8, 541)) == [
+        (7, 180), (8, 540),
+    ]  # fmt: skip
     with pytest.raises(ValueError, match="clock"):
         with_rung_values(lambda r, s: None, rungs, model, x, 3, 0)
     with pytest.raises(ValueError, match="time_attr"):
@@ -585,7 +594,10 @@ def test_resume_restores_the_rung_records(searches, tmp_path):
     held = wait_for(lambda: hold.held(), 300, "good held at epoch 2", first)
 
     def good_recorded_in_saved_state():
-        states = ray_private.saved_callback_states(exp_dir)
+        try:
+            states = ray_private.saved_callback_states(exp_dir)
+        except (EOFError, pickle.UnpicklingError):  # Tune is writing the file: look again
+            return False
         return any(set(s.get("recorded", {}).get(1, {})) == held for s in states.values() if s)
 
     wait_for(good_recorded_in_saved_state, 120, "the rung records in the saved state", first)
@@ -602,3 +614,46 @@ def test_resume_restores_the_rung_records(searches, tmp_path):
     (other,) = set(by_trial) - held
     assert by_trial[other].data.tags[N.STATUS] == N.Status.STOPPED
     assert by_trial[other].data.tags[N.STOPPED_AT_EPOCH] == "1"
+
+
+@pytest.mark.slow
+def test_a_real_search_ranks_at_rungs_counted_in_seconds(searches, tmp_path):
+    """--time-attr time_total_s --grace-period 1: rungs at 1, 3, 9, ... seconds of a trial. The
+    test holds every trial 2 s at epoch 1, one trial at a time, so each is past the 1 s rung by
+    the end of epoch 2 whatever the machine's speed. Each reports its rung values at the first
+    epoch past a rung, naming the latest rung passed (rung/at), never one beyond its own time;
+    MLflow logs rung/at with the values; the search's first line names the rungs."""
+    space = write_space(tmp_path / "space.yaml", SAMPLED, [("good", GOOD)])
+    uri = f"sqlite:///{tmp_path}/m.db"
+    args = ["--space", str(space), "--dataset", "digits", "--scheduler", "mo-asha"]
+    args += ["--time-attr", "time_total_s", "--grace-period", "1", "--num-samples", "2"]
+    args += ["--max-concurrent", "1", "--name", "s", "--storage-path", str(tmp_path / "ray")]
+    args += ["--mlflow-uri", uri, "--experiment", "seconds"]
+    hold = Hold(tmp_path / "hold", epoch=1)
+    hold.on()
+    search = searches(args, "search.log", **hold.env)
+    for n in (1, 2):
+        held = wait_for(
+            lambda n=n: len(hold.held()) >= n and hold.held(), 300, "a held trial", search
+        )
+        time.sleep(2.0)  # the trial's clock passes the 1 s rung while it waits
+        hold.release(*held)
+    assert search.wait(300) == 0, search.tail()
+    assert "mo-asha scheduler (rungs at 1, 3, 9, ... s)" in search.log.read_text()
+
+    results = trial_results(tmp_path / "ray" / "s")
+    assert len(results) == 2
+    client = MlflowClient(uri)
+    _, kids = search_runs(uri, "s", experiment="seconds")
+    runs = {k.data.tags["ray.trial_id"]: k for k in kids}
+    for trial_id, rows in results.items():
+        at_rungs = [r for r in rows if N.RUNG_AT in r]
+        assert at_rungs and min(r[N.EPOCH] for r in at_rungs) <= 2  # past 1 s by epoch 2
+        rungs = [r[N.RUNG_AT] for r in at_rungs]
+        assert rungs == sorted(set(rungs)) and set(rungs) <= {1, 3, 9, 27, 81}
+        for r in at_rungs:  # measured on the trial's clock at or past the rung it names
+            assert r[N.RUNG_AT] <= r[N.RUNG_CLOCK] and N.RUNG_SILHOUETTE in r
+        for key in (N.RUNG_AT, N.RUNG_CLOCK):
+            logged = client.get_metric_history(runs[trial_id].info.run_id, key)
+            expect = sorted((r[N.EPOCH], pytest.approx(r[key])) for r in at_rungs)
+            assert sorted((m.step, m.value) for m in logged) == expect

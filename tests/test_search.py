@@ -258,7 +258,14 @@ def test_credentials_in_urls_are_redacted():
 
 
 def test_the_default_space_on_digits_is_digits_yaml(tmp_path):
-    from tune.search import check_args, make_scheduler, parse_args, resolve_args, scheduler_summary
+    from tune.search import (
+        UsageError,
+        check_args,
+        make_scheduler,
+        parse_args,
+        resolve_args,
+        scheduler_summary,
+    )
 
     def settings(*argv):
         args = ["--storage-path", str(tmp_path), "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"]
@@ -279,6 +286,8 @@ def test_the_default_space_on_digits_is_digits_yaml(tmp_path):
     assert (fifo.scheduler, fifo.grace_period) == ("fifo", 60)
     asha = settings("--scheduler", "asha", "--grace-period", "2").for_dataset("digits")
     assert (asha.scheduler, asha.time_attr, asha.grace_period) == ("asha", "epoch", 2)
+    with pytest.raises(UsageError, match="grace_period counts time_total_s; give --grace-period"):
+        settings("--time-attr", "epoch")  # default.yaml's grace period is in seconds
     epochs = settings("--time-attr", "epoch", "--grace-period", "3")
     assert (epochs.scheduler, epochs.time_attr, epochs.grace_period) == ("mo-asha", "epoch", 3)
     # what the search's first line says of them
@@ -296,11 +305,28 @@ def test_the_default_space_on_digits_is_digits_yaml(tmp_path):
 
     seconds = settings("--scheduler", "asha", "--grace-period", "60")
     asha_s = make_scheduler(seconds)
+    assert [at for at, _ in asha_s._brackets[0]._rungs][-3:] == [540, 180, 60]  # Ray's, private
     trial = Trial("__fake", config={}, stub=True)
     asha_s.on_trial_add(None, trial)
     at = {N.VAL_LOSS: 0.1, "time_total_s": 150.0, "epoch": 40}
     assert asha_s.on_trial_result(None, trial, at) == "CONTINUE"
     assert asha_s.on_trial_result(None, trial, {**at, "time_total_s": 5000.0}) == "CONTINUE"
+
+
+def test_resuming_a_search_saved_before_time_attr_counts_epochs(tmp_path):
+    """An experiment saved before rungs could count seconds ranked at epochs: --resume keeps it
+    so, whatever its space says now (default.yaml counts seconds)."""
+    from tune.search import parse_args, resolve_args
+
+    where = ["--resume", "--name", "old", "--storage-path", str(tmp_path)]
+    (tmp_path / "old").mkdir()
+    saved = {"scheduler": "mo-asha", "grace_period": 3, "space": "default", "seed": 0}
+    (tmp_path / "old" / "clustertune.json").write_text(json.dumps(saved))
+    args = resolve_args(parse_args(where))
+    assert (args.scheduler, args.grace_period, args.time_attr) == ("mo-asha", 3, "epoch")
+    saved["time_attr"] = "time_total_s"
+    (tmp_path / "old" / "clustertune.json").write_text(json.dumps(saved))
+    assert resolve_args(parse_args(where)).time_attr == "time_total_s"
 
 
 def test_artifacts_live_beside_the_sqlite_store(smoke_search):

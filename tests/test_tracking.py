@@ -180,9 +180,10 @@ def test_a_run_left_without_params_gets_them_on_resume(store):
 
 
 def test_a_trial_stopped_at_a_rung_keeps_its_rung_values_and_says_so(store):
-    """--scheduler mo-asha: a rung epoch's report carries the epochs since the previous report
-    and the rung values; they reach MLflow at step = that epoch, once. A trial the scheduler
-    stops completes with that result as its last: its run is tagged stopped at that epoch."""
+    """--scheduler mo-asha: the report of an epoch that reached a rung carries the epochs since
+    the previous report and the rung values; they reach MLflow at step = that epoch, once. A
+    trial the scheduler stops completes with that result as its last: its run is tagged stopped
+    at that epoch and that rung."""
     uri, exp, parent = store
     logger = MLflowTrialLogger(uri, exp, parent)
     trial = FakeTrial("t4")
@@ -211,5 +212,6 @@ def test_a_trial_stopped_at_a_rung_keeps_its_rung_values_and_says_so(store):
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, N.TRAIN_LOSS))
     assert steps == [1, 2, 3]
     assert run.data.tags[N.STATUS] == N.Status.STOPPED and run.data.tags[N.STOPPED_AT_EPOCH] == "3"
+    assert run.data.tags[N.STOPPED_AT_RUNG] == "180"
     assert run.info.status == "FINISHED"
     assert N.SILHOUETTE not in run.data.metrics

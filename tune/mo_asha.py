@@ -3,11 +3,11 @@ both objectives.
 
 Rungs are at grace_period * eta**k (1, 3, 9, 27, ... by default) of the scheduler's time_attr:
 epochs, counted over the whole trial (fine-tuning's epochs continue pre-training's, so rungs fall
-in either stage), or seconds since the trial started, as Ray's ASHA can count them. A rung beyond
+in either stage), or seconds since the trial started (on the trial's own clock, names.TIME_TOTAL). A rung beyond
 a trial's end is simply never reached. At a rung the trial reports its rung values
 (names.RUNG_OBJECTIVES, tune/rungs.py: silhouette up, reconstruction loss down) with the rung
 they are for (names.RUNG_AT). Counted in seconds, rungs weigh a trial's cost: a cheap trial
-(shorter than the first rung) is never stopped, since stopping it saves little, and a costly one
+(whose training ends before the first rung) is never stopped, since stopping it saves little, and a costly one
 is ranked after the same spend as the others, whatever its epochs cost.
 
 The rule is Ray's ASHA (ray/tune/schedulers/async_hyperband.py) on ranks instead of values. ASHA
@@ -24,8 +24,8 @@ where (m - 1) / eta is not a whole number this cut is a little stricter). Ties g
 as in ASHA (equal rung values get equal crowding distances), and crowding distance (not
 hypervolume contribution) breaks ties inside a front, because it needs no reference point and
 keeps the spread of a front rather than its knee. Only a result carrying rung values is ranked,
-at the rung it names: the trainable reports each rung on its own, at the first epoch past it
-(ASHA takes the first result past a rung).
+at the rung it names: the trainable reports each rung on its own, at the rung epoch itself or,
+in seconds, at the first epoch ending past it (ASHA takes the first result past a rung).
 
 A space can name config keys to rank within (`scheduler: {..., rank_within: [finetune]}`): a
 trial is then ranked only against the trials at its rung with the same values of those keys.
@@ -66,13 +66,13 @@ GRACE_PERIOD = 1
 REDUCTION_FACTOR = 3
 # Rungs are listed up to this epoch or second: beyond any trial's, and a rung never reached costs
 # nothing.
-MAX_RUNG_EPOCH = 10**6
+MAX_RUNG = 10**6
 
 
 def rung_milestones(
     grace_period: int = GRACE_PERIOD,
     reduction_factor: int = REDUCTION_FACTOR,
-    max_t: int = MAX_RUNG_EPOCH,
+    max_t: int = MAX_RUNG,
 ) -> tuple[int, ...]:
     """grace_period * reduction_factor**k for k = 0, 1, ... up to max_t."""
     if grace_period < 1 or reduction_factor < 2 or max_t < grace_period:
@@ -152,6 +152,8 @@ class MOASHAScheduler(FIFOScheduler):
     trainable `Rungs(scheduler.rungs, time_attr)` (tune/rungs.py: where it must report its rung
     values) and add `SchedulerState(scheduler)` to the run's callbacks."""
 
+    time_attr: str = N.EPOCH  # what a scheduler pickled before rungs could count seconds had
+
     def __init__(
         self,
         points: Sequence[Mapping[str, Any]] = (),
@@ -223,8 +225,11 @@ class MOASHAScheduler(FIFOScheduler):
         return TrialScheduler.STOP
 
     def debug_string(self) -> str:
-        unit = "s" if self.time_attr == N.TIME_TOTAL else "epochs"
-        counts = ", ".join(f"{e} {unit}: {len(r)}" for e, r in sorted(self.recorded.items()))
+        seconds = self.time_attr == N.TIME_TOTAL
+        counts = ", ".join(
+            f"{e} s: {len(r)}" if seconds else f"epoch {e}: {len(r)}"
+            for e, r in sorted(self.recorded.items())
+        )
         return f"MO-ASHA: stopped {len(self.stopped)}; trials ranked at {counts or 'no rung yet'}"
 
     # -- state: rung records and stop decisions ------------------------------------------------

@@ -56,10 +56,15 @@ SCHEDULERS = ("fifo", "asha", "mo-asha")
 RUNG_SILHOUETTE = "rung/silhouette"
 RUNG_RECON_LOSS = "rung/recon_loss"
 RUNG_OBJECTIVES: dict[str, str] = {RUNG_SILHOUETTE: "max", RUNG_RECON_LOSS: "min"}
-# The rung (scheduler milestone) those values are for: an epoch, or seconds of the trial.
+# The rung (scheduler milestone) those values are for: an epoch, or seconds of the trial; with
+# rungs in seconds, also the trial's seconds when it measured them (RUNG_AT <= RUNG_CLOCK).
 RUNG_AT = "rung/at"
+RUNG_CLOCK = "rung/clock_s"
+RUNG_KEYS = (*RUNG_OBJECTIVES, RUNG_AT, RUNG_CLOCK)
 # What mo-asha's and asha's rungs count (a space's `scheduler.time_attr`, --time-attr): epochs,
-# or seconds since the trial started (Tune's name for it), which weighs a trial's cost.
+# or seconds since the trial started, which weighs a trial's cost. Tune's name for it; mo-asha's
+# trials count them on their own clock, which also runs while a report waits for the driver
+# (Tune's time_total_s, which Ray's ASHA reads, does not).
 TIME_TOTAL = "time_total_s"
 TIME_ATTRS = (EPOCH, TIME_TOTAL)
 
@@ -101,6 +106,8 @@ HYPERVOLUME = "search/hypervolume"
 # Tag of a trial the scheduler stopped: the epoch of the last result it reported (its STATUS tag is
 # Status.STOPPED).
 STOPPED_AT_EPOCH = "stopped_at_epoch"
+# ... and the rung it was stopped at (an epoch, or seconds of the trial), when that result had one
+STOPPED_AT_RUNG = "stopped_at_rung"
 
 
 def metric(split: str, name: str, clusterer: str | None = None) -> str:

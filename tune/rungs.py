@@ -12,8 +12,8 @@ points. The reduction is part of the proxy because a UMAP stage multiplies the s
 a UMAP trial by a number its final score has little to do with.
 
 Rungs count epochs, or seconds of the trial (`Rungs.time_attr`). In seconds, a trial measures at
-the end of the first epoch at or after a rung, and a trial whose whole run is shorter than the
-first rung is never ranked: stopping it would save little, and at a rung counted in epochs a
+the end of the first epoch at or after a rung, and a trial whose training ends before the first
+rung is never ranked: stopping it would save little, and at a rung counted in epochs a
 cheap trial is stopped on the same near-tied proxy as a costly one.
 """
 
@@ -98,6 +98,9 @@ class Rungs:
 
     at: tuple[int, ...]
     time_attr: str = N.EPOCH
+    # In seconds: the trial's clock when it last decided on a rung before a checkpoint it now
+    # resumes from (tune/trial.py): the rungs up to there were reported then.
+    decided_until: float = 0.0
 
     def __post_init__(self) -> None:
         if self.time_attr not in N.TIME_ATTRS:
@@ -115,24 +118,28 @@ def with_rung_values(
     clock: Callable[[], float] | None = None,
 ) -> OnEpoch:
     """`on_epoch` whose record, at a rung, also carries the rung values and names.RUNG_AT (a
-    copy: the training history keeps its own records). In epochs, a rung is that epoch; in
-    seconds (`clock()`: the trial's seconds so far), the first epoch ending at or after it, for
-    the latest rung passed (ASHA's rule); rungs already passed when this is called (a trial
-    resumed from a checkpoint) were ranked before."""
+    copy: the training history keeps its own records). In epochs, a rung is that epoch. In
+    seconds (`clock()`: the trial's seconds so far), it is the first epoch ending at or after
+    it, for the latest rung passed (ASHA's rule), and the rung record carries the clock then
+    (names.RUNG_CLOCK); every record carries it as "clock_s" (what a checkpoint keeps as
+    `Rungs.decided_until`), and rungs up to `rungs.decided_until` are not measured again."""
     in_seconds = rungs.time_attr == N.TIME_TOTAL
     if in_seconds and clock is None:
         raise ValueError("rungs in seconds need the trial's clock")
     x_sample = x_split[torch.as_tensor(rung_sample(len(x_split), seed), device=x_split.device)]
-    passed = {at for at in rungs.at if in_seconds and at <= clock()}
+    passed = {at for at in rungs.at if in_seconds and at <= rungs.decided_until}
 
     def measured(record: dict[str, float], state: Callable[[], dict]) -> None:
         now = clock() if in_seconds else record["epoch"]
         due = [
             at for at in rungs.at if at not in passed and (at <= now if in_seconds else at == now)
         ]
+        record = {**record, "clock_s": now} if in_seconds else record
         if due:
             values = rung_values(model, x_sample, record["val_loss"], n_clusters, seed, reduction)
             record = {**record, **values, N.RUNG_AT: max(due)}
+            if in_seconds:
+                record[N.RUNG_CLOCK] = now
             passed.update(due)
         on_epoch(record, state)
 

@@ -252,9 +252,11 @@ class Settings:
 def scheduler_summary(s: Settings) -> str:
     """'fifo scheduler', or where asha and mo-asha decide: 'mo-asha scheduler (rungs at 60, 180,
     540, ... s)'."""
+    from tune.mo_asha import REDUCTION_FACTOR  # both schedulers' (make_scheduler)
+
     if s.scheduler == "fifo":
         return "fifo scheduler"
-    rungs = [s.grace_period * 3**k for k in range(3)]  # both schedulers' reduction factor, 3
+    rungs = [s.grace_period * REDUCTION_FACTOR**k for k in range(3)]
     unit = "s" if s.time_attr == N.TIME_TOTAL else "epochs"
     return f"{s.scheduler} scheduler (rungs at {', '.join(map(str, rungs))}, ... {unit})"
 
@@ -275,7 +277,10 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.resume and args.name:
         text = _read_text(f"{storage_location(args.storage_path, args.name)[1]}/{SETTINGS_FILE}")
         if text is not None:
-            values.update({k: v for k, v in json.loads(text).items() if k in RESUMED_SETTINGS})
+            saved = json.loads(text)
+            values.update({k: v for k, v in saved.items() if k in RESUMED_SETTINGS})
+            if "time_attr" not in saved:  # saved before rungs could count seconds
+                values["time_attr"] = N.EPOCH
     return argparse.Namespace(**values)
 
 
@@ -309,6 +314,11 @@ def check_args(args: argparse.Namespace) -> Settings:
         space = load_space(args.space)
     except SpaceError as e:
         raise UsageError(str(e)) from None
+    if args.time_attr not in (None, space.time_attr) and args.grace_period is None:
+        raise UsageError(
+            f"--time-attr {args.time_attr}: the space's grace_period counts {space.time_attr}; "
+            f"give --grace-period in {args.time_attr} too"
+        )
     if args.address is None:  # a local Ray gets at most this machine (start_ray checks Ray's own)
         import torch
 
@@ -834,7 +844,7 @@ def make_scheduler(s: Settings):
     """The Tune scheduler of --scheduler (or the space's): FIFO, Ray's ASHA or mo-asha."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from tune.mo_asha import MAX_RUNG_EPOCH, REDUCTION_FACTOR, MOASHAScheduler
+    from tune.mo_asha import MAX_RUNG, REDUCTION_FACTOR, MOASHAScheduler
 
     if s.scheduler == "mo-asha":
         return MOASHAScheduler(
@@ -852,7 +862,7 @@ def make_scheduler(s: Settings):
             time_attr=s.time_attr,
             grace_period=s.grace_period,
             reduction_factor=REDUCTION_FACTOR,
-            max_t=MAX_RUNG_EPOCH,
+            max_t=MAX_RUNG,
         )
     return FIFOScheduler()
 

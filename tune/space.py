@@ -408,7 +408,7 @@ class SearchSpace:
     # data set name -> the space to search instead on it (top-level `dataset_spaces`)
     dataset_spaces: dict[str, Path] = field(default_factory=dict)
     # The Ray Tune scheduler that suits this space's budgets (top-level `scheduler`); the
-    # command's --scheduler and --grace-period override it.
+    # command's --scheduler, --time-attr and --grace-period override it.
     scheduler: str = "fifo"
     time_attr: str = N.EPOCH  # what rungs count: names.TIME_ATTRS
     grace_period: int = 1

@@ -210,6 +210,8 @@ class MLflowTrialLogger(Callback):
             # (the end of a time budget stops trials without this hook).
             tags[N.STATUS] = N.Status.STOPPED
             tags[N.STOPPED_AT_EPOCH] = str(int(t.last_result.get(N.EPOCH, 0)))
+            if N.RUNG_AT in t.last_result:
+                tags[N.STOPPED_AT_RUNG] = str(int(t.last_result[N.RUNG_AT]))
         self.runs.end_run(
             self._run_of(t),
             t.checkpoint,

@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,8 @@ TEST_HOLD = os.environ.get("CLUSTERTUNE_TEST_HOLD")
 # (files DIR/arrived-<trial id>), so that a test knows that N trials ran at once.
 TEST_GATHER = os.environ.get("CLUSTERTUNE_TEST_GATHER")
 STATE_FILE = "train_state.pt"
-# Beside it: the trial's seconds so far, so rungs counted in seconds go on from there on a retry.
+# Beside it: the trial's seconds so far and when it last decided on a rung, so that a retry counts
+# rungs in seconds on from there.
 CLOCK_FILE = "clock.json"
 MODEL_FILE = "model.pt"
 CLUSTERERS_FILE = "clusterers.npz"
@@ -494,7 +496,10 @@ def trainable(config: dict[str, Any], data: Dataset, rungs: Rungs | None = None)
             if (Path(d) / STATE_FILE).exists():
                 resume = torch.load(Path(d) / STATE_FILE, weights_only=False)
             if (Path(d) / CLOCK_FILE).exists():
-                elapsed = json.loads((Path(d) / CLOCK_FILE).read_text())["elapsed_s"]
+                saved = json.loads((Path(d) / CLOCK_FILE).read_text())
+                elapsed = saved["elapsed_s"]
+                if rungs is not None:  # the rungs it had decided on were reported then
+                    rungs = replace(rungs, decided_until=saved["decided_s"])
     started = time.monotonic() - elapsed
 
     def clock() -> float:
@@ -511,13 +516,15 @@ def trainable(config: dict[str, Any], data: Dataset, rungs: Rungs | None = None)
     last_checkpoint = last_report = time.monotonic()
     # [epoch, train loss, val loss(, cluster loss)] not yet handed to Tune (names.EPOCH_LOG)
     unreported: list[list[float]] = []
-    final_rung: dict[str, float] = {}  # the rung values of the last epoch, if it is a rung
+    final_rung: dict[str, float] = {}  # the rung values of the last epoch, if it reached a rung
+    decided = 0.0  # the trial's clock when the rungs of the last epoch were decided (seconds)
 
     def on_epoch(record: dict[str, float], state: Callable[[], dict]) -> None:
-        nonlocal last_checkpoint, last_report
+        nonlocal last_checkpoint, last_report, decided
         entry = [record["epoch"], record["train_loss"], record["val_loss"]]
         unreported.append(entry + ([record["cluster_loss"]] if "cluster_loss" in record else []))
-        rung = {k: record[k] for k in (*N.RUNG_OBJECTIVES, N.RUNG_AT) if k in record}
+        decided = record.get("clock_s", decided)
+        rung = {k: record[k] for k in N.RUNG_KEYS if k in record}
         if record["epoch"] >= last_epoch:
             final_rung.update(rung)
             return  # the final report right after carries it, and a checkpoint
@@ -542,7 +549,8 @@ def trainable(config: dict[str, Any], data: Dataset, rungs: Rungs | None = None)
             last_checkpoint = now
             with tempfile.TemporaryDirectory() as d:
                 torch.save(state(), Path(d) / STATE_FILE)
-                (Path(d) / CLOCK_FILE).write_text(json.dumps({"elapsed_s": clock()}))
+                clock_state = {"elapsed_s": clock(), "decided_s": decided}
+                (Path(d) / CLOCK_FILE).write_text(json.dumps(clock_state))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         else:
             tune.report(metrics)

@@ -238,7 +238,7 @@ def epoch_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _rung_values(result: Mapping[str, Any]) -> dict[str, float]:
-    return {k: _float(result[k]) for k in (*N.RUNG_OBJECTIVES, N.RUNG_AT) if k in result}
+    return {k: _float(result[k]) for k in N.RUNG_KEYS if k in result}
 
 
 def _float(value: Any) -> float:
