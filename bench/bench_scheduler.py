@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument(
         "--time-attr",
-        choices=("epoch", "time_total_s"),
+        choices=N.TIME_ATTRS,
         default=None,
         help="mo-asha's --time-attr (what rungs count; default: the space's)",
     )

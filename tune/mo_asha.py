@@ -3,12 +3,13 @@ both objectives.
 
 Rungs are at grace_period * eta**k (1, 3, 9, 27, ... by default) of the scheduler's time_attr:
 epochs, counted over the whole trial (fine-tuning's epochs continue pre-training's, so rungs fall
-in either stage), or seconds since the trial started (on the trial's own clock, names.TIME_TOTAL). A rung beyond
-a trial's end is simply never reached. At a rung the trial reports its rung values
-(names.RUNG_OBJECTIVES, tune/rungs.py: silhouette up, reconstruction loss down) with the rung
-they are for (names.RUNG_AT). Counted in seconds, rungs weigh a trial's cost: a cheap trial
-(whose training ends before the first rung) is never stopped, since stopping it saves little, and a costly one
-is ranked after the same spend as the others, whatever its epochs cost.
+in either stage), or seconds since the trial started (on the trial's own clock,
+names.TIME_TOTAL). A rung beyond a trial's end is simply never reached. At a rung the trial
+reports its rung values (names.RUNG_OBJECTIVES, tune/rungs.py: silhouette up, reconstruction loss
+down) with the rung they are for (names.RUNG_AT). Counted in seconds, rungs weigh a trial's cost:
+a cheap trial (whose training ends before the first rung) is never stopped, since stopping it
+saves little, and a costly one is ranked after the same spend as the others, whatever its epochs
+cost.
 
 The rule is Ray's ASHA (ray/tune/schedulers/async_hyperband.py) on ranks instead of values. ASHA
 decides when a trial reaches a rung, from the trials recorded there before it, and never waits for

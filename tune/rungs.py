@@ -89,6 +89,8 @@ def rung_values(
 
 
 OnEpoch = Callable[[dict[str, float], Callable[[], dict]], None]
+# Key of every epoch record, with rungs in seconds: the trial's clock when its rungs were decided.
+CLOCK_KEY = "clock_s"
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def with_rung_values(
     copy: the training history keeps its own records). In epochs, a rung is that epoch. In
     seconds (`clock()`: the trial's seconds so far), it is the first epoch ending at or after
     it, for the latest rung passed (ASHA's rule), and the rung record carries the clock then
-    (names.RUNG_CLOCK); every record carries it as "clock_s" (what a checkpoint keeps as
+    (names.RUNG_CLOCK); every record carries it as CLOCK_KEY (what a checkpoint keeps as
     `Rungs.decided_until`), and rungs up to `rungs.decided_until` are not measured again."""
     in_seconds = rungs.time_attr == N.TIME_TOTAL
     if in_seconds and clock is None:
@@ -134,7 +136,7 @@ def with_rung_values(
         due = [
             at for at in rungs.at if at not in passed and (at <= now if in_seconds else at == now)
         ]
-        record = {**record, "clock_s": now} if in_seconds else record
+        record = {**record, CLOCK_KEY: now} if in_seconds else record
         if due:
             values = rung_values(model, x_sample, record["val_loss"], n_clusters, seed, reduction)
             record = {**record, **values, N.RUNG_AT: max(due)}

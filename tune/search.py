@@ -252,11 +252,11 @@ class Settings:
 def scheduler_summary(s: Settings) -> str:
     """'fifo scheduler', or where asha and mo-asha decide: 'mo-asha scheduler (rungs at 60, 180,
     540, ... s)'."""
-    from tune.mo_asha import REDUCTION_FACTOR  # both schedulers' (make_scheduler)
+    from tune.mo_asha import rung_milestones  # both schedulers' rungs (make_scheduler)
 
     if s.scheduler == "fifo":
         return "fifo scheduler"
-    rungs = [s.grace_period * REDUCTION_FACTOR**k for k in range(3)]
+    rungs = rung_milestones(s.grace_period)[:3]
     unit = "s" if s.time_attr == N.TIME_TOTAL else "epochs"
     return f"{s.scheduler} scheduler (rungs at {', '.join(map(str, rungs))}, ... {unit})"
 

@@ -36,7 +36,7 @@ from tune.data import Dataset
 from tune.finetune import finetune, initial_centers
 from tune.metrics import CLUSTER_SCORE_KEYS, cluster_scores, label_scores, silhouette_scores
 from tune.reduction import apply_reduction, fit_reduction
-from tune.rungs import Rungs, with_rung_values
+from tune.rungs import CLOCK_KEY, Rungs, with_rung_values
 from tune.training import (
     DivergedError,
     embed,
@@ -523,7 +523,7 @@ def trainable(config: dict[str, Any], data: Dataset, rungs: Rungs | None = None)
         nonlocal last_checkpoint, last_report, decided
         entry = [record["epoch"], record["train_loss"], record["val_loss"]]
         unreported.append(entry + ([record["cluster_loss"]] if "cluster_loss" in record else []))
-        decided = record.get("clock_s", decided)
+        decided = record.get(CLOCK_KEY, decided)
         rung = {k: record[k] for k in N.RUNG_KEYS if k in record}
         if record["epoch"] >= last_epoch:
             final_rung.update(rung)
