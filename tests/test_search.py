@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from tune import names as N
 from tune.data import load_dataset
 from tune.selection import hypervolume
-from tune.trial import ARTIFACTS
+from tune.trial import ARTIFACTS, CONFIG_FILE, RESULT_FILE
 
 
 def test_help_describes_every_flag():
@@ -172,8 +172,9 @@ def test_every_trial_is_a_complete_child_run(smoke_search):
         hist = client.get_metric_history(run.info.run_id, N.TRAIN_LOSS)
         # one point per epoch: the final eval-mode loss is N.EVAL_TRAIN_LOSS, not a second one
         assert sorted(h.step for h in hist) == list(range(1, epochs + 1))
+        # the figures, config and result at the run's root; the model stays in Ray's checkpoint
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert set(ARTIFACTS) <= arts
+        assert arts == {*ARTIFACTS, CONFIG_FILE, RESULT_FILE}
         assert run.info.status == "FINISHED"
 
 

@@ -215,3 +215,67 @@ def test_a_trial_stopped_at_a_rung_keeps_its_rung_values_and_says_so(store):
     assert run.data.tags[N.STOPPED_AT_RUNG] == "180"
     assert run.info.status == "FINISHED"
     assert N.SILHOUETTE not in run.data.metrics
+
+
+def test_a_new_search_looks_a_run_up_only_after_a_failed_creation(store):
+    """Under a parent run this driver created, a trial's run is created without a lookup; a
+    creation whose answer was lost (the run did reach the store) is looked up on the retry, so
+    the trial still gets one run."""
+    uri, exp, parent = store
+    logger = MLflowTrialLogger(uri, exp, parent, new_parent=True)
+    client = logger.client
+    lookups = []
+    search_runs, create_run = client.search_runs, client.create_run
+    client.search_runs = lambda *a, **k: lookups.append(k) or search_runs(*a, **k)
+    lost = {"t6"}
+
+    def create_run_losing_the_answer(*a, **k):
+        run = create_run(*a, **k)
+        if k["tags"][TRIAL_TAG] in lost:
+            lost.clear()
+            raise ConnectionError("read timed out")
+        return run
+
+    client.create_run = create_run_losing_the_answer
+    for trial_id in ("t5", "t6"):
+        assert_complete(uri, run_trial_through(logger, Recorder(logger), FakeTrial(trial_id), 7))
+        logger.writer = type(logger.writer)(uri)  # run_trial_through closed it
+    assert len(lookups) == 1  # t6's retry only
+    runs = MlflowClient(uri).search_runs([exp], f"tags.`{PARENT_TAG}` = '{parent}'")
+    assert sorted(r.data.tags[TRIAL_TAG] for r in runs) == ["t5", "t6"]
+
+    resumed = MLflowTrialLogger(uri, exp, parent)  # a resumed search's: runs may exist
+    client = resumed.client
+    client.search_runs = lambda *a, **k: lookups.append(k) or search_runs(*a, **k)
+    run_trial_through(resumed, Recorder(resumed), FakeTrial("t5"), 7)
+    assert len(lookups) == 2
+    assert resumed.run_ids["t5"] == logger.run_ids["t5"]
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "copies"])
+def test_a_trials_artifacts_are_its_figures_config_and_result(store, tmp_path, monkeypatch, links):
+    """One request logs the checkpoint's figures, config and result at the run's root (linked,
+    or copied where hard links fail); the model and training state stay in Ray's checkpoint."""
+    from tune.trial import ARTIFACTS, CONFIG_FILE, MODEL_FILE, RESULT_FILE, STATE_FILE
+    from tune.trial_runs import log_trial_artifacts
+
+    uri, exp, _ = store
+    checkpoint = tmp_path / "checkpoint_000000"
+    checkpoint.mkdir()
+    names = (*ARTIFACTS, CONFIG_FILE, RESULT_FILE, MODEL_FILE, STATE_FILE)
+    for name in names:
+        (checkpoint / name).write_text(f"contents of {name}")
+    if not links:
+        monkeypatch.setattr("os.link", lambda *a: (_ for _ in ()).throw(OSError("EXDEV")))
+    client = MlflowClient(uri)
+    run_id = client.create_run(exp).info.run_id
+    requests = []
+    log_artifacts = client.log_artifacts
+    client.log_artifacts = lambda *a, **k: requests.append(a) or log_artifacts(*a, **k)
+    log_trial_artifacts(client, run_id, checkpoint)
+    assert len(requests) == 1
+    logged = {a.path for a in client.list_artifacts(run_id)}
+    assert logged == {*ARTIFACTS, CONFIG_FILE, RESULT_FILE}
+    out = Path(client.download_artifacts(run_id, CONFIG_FILE, str(tmp_path / "dl")))
+    assert out.read_text() == f"contents of {CONFIG_FILE}"
+    assert sorted(p.name for p in checkpoint.iterdir()) == sorted(names)  # left as it was

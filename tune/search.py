@@ -592,6 +592,7 @@ def open_tracking(s: Settings, dataset) -> Tracking:
     client = MlflowClient(s.tracking_uri)
     experiment_id = get_or_create_experiment(client, s.experiment, s.tracking_uri)
     parent_run_id = find_search_run(client, experiment_id, s.name) if s.resume else None
+    new_parent = parent_run_id is None
     data_input = dataset_input(dataset.summary(), dataset.digest())
     reference = hypervolume_reference(dataset)
     if parent_run_id is None:
@@ -625,6 +626,7 @@ def open_tracking(s: Settings, dataset) -> Tracking:
         points=points,
         reference=reference,
         dataset=data_input,
+        new_parent=new_parent,
     )
     return Tracking(client, experiment_id, parent_run_id, logger, reference)
 

@@ -132,9 +132,11 @@ class MLflowTrialLogger(Callback):
         points: list[tuple[str, dict]] | None = None,
         reference: tuple[float, float] | None = None,
         dataset: DatasetInput | None = None,
+        new_parent: bool = False,
     ) -> None:
         """`points`: the space's named points (their trials are the baselines), `reference`:
-        the hypervolume's (silhouette, loss) reference point, `dataset`: each run's input."""
+        the hypervolume's (silhouette, loss) reference point, `dataset`: each run's input,
+        `new_parent`: the parent run was created by this process (see TrialRuns)."""
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -142,12 +144,17 @@ class MLflowTrialLogger(Callback):
         self.points = list(points or [])
         self.reference = reference
         self.dataset = dataset
-        self._reset()
+        self._reset(new_parent)
 
-    def _reset(self) -> None:
+    def _reset(self, new_parent: bool = False) -> None:
         self.client = MlflowClient(self.tracking_uri)
         self.runs = TrialRuns(
-            self.client, self.experiment_id, self.parent_run_id, self.points, self.dataset
+            self.client,
+            self.experiment_id,
+            self.parent_run_id,
+            self.points,
+            self.dataset,
+            new_parent,
         )
         self.writer = StoreWriter(self.tracking_uri, self.cooldown_s)
         self._lock = threading.Lock()

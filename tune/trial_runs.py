@@ -9,6 +9,9 @@ checkpoint give the same point and are logged once; the final result is logged o
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,7 +38,10 @@ class TrialRuns:
         parent_run_id: str,
         points: list[tuple[str, dict]] | None = None,
         dataset: DatasetInput | None = None,
+        new_parent: bool = False,
     ) -> None:
+        """`new_parent`: this process created the parent run just now, so no trial has a run
+        under it yet and a trial's first `run_id_for` need not look one up."""
         self.client = client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -49,6 +55,8 @@ class TrialRuns:
         # made through it (see written_here)
         self.created: set[str] = set()
         self.ended: set[str] = set()
+        self.new_parent = new_parent
+        self.creating: set[str] = set()  # trial ids whose run creation was attempted here
 
     def run_id_for(
         self, trial_id: str, config: Mapping[str, Any], name: str, number: int | None = None
@@ -56,11 +64,15 @@ class TrialRuns:
         """The trial's run, created (named with `number`, see run_name) if it has none."""
         if trial_id in self.run_ids:
             return self.run_ids[trial_id]
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
-            max_results=1,
-        )
+        # Under a parent created here, a trial has a run only if a creation was attempted: one
+        # that failed may still have reached the store (a lost answer), so that one is looked up.
+        found = []
+        if not self.new_parent or trial_id in self.creating:
+            found = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+                max_results=1,
+            )
         if found:  # a resumed search or a restarted driver: continue the trial's run
             run_id = found[0].info.run_id
             history = self.client.get_metric_history(run_id, N.TRAIN_LOSS)
@@ -73,6 +85,7 @@ class TrialRuns:
             logged = found[0].data.params
         else:
             point = point_name(config, self.points)
+            self.creating.add(trial_id)
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=run_name(trial_id, config, point, number),
@@ -283,8 +296,20 @@ def _point(result: Mapping[str, Any]) -> tuple[int, float]:
 
 
 def log_trial_artifacts(client: MlflowClient, run_id: str, directory: Path) -> None:
+    """The checkpoint's figures, config and result as the run's artifacts, in one request.
+
+    One `log_artifacts` of a folder of links to them: per file, `log_artifact` would look the run
+    up again (the checkpoint also holds the model and training state, which stay in Ray's store).
+    """
     from tune.trial import ARTIFACTS, CONFIG_FILE, RESULT_FILE
 
-    for name in (*ARTIFACTS, CONFIG_FILE, RESULT_FILE):
-        if (directory / name).exists():
-            client.log_artifact(run_id, str(directory / name))
+    names = [n for n in (*ARTIFACTS, CONFIG_FILE, RESULT_FILE) if (directory / n).exists()]
+    if not names:
+        return
+    with tempfile.TemporaryDirectory(prefix="clustertune-artifacts-") as staging:
+        for name in names:
+            try:
+                os.link(directory / name, Path(staging) / name)
+            except OSError:  # another file system, or one without hard links
+                shutil.copy2(directory / name, Path(staging) / name)
+        client.log_artifacts(run_id, staging)
