@@ -15,11 +15,9 @@ so their CPU time is part of the per-trial overhead that bench_search.py measure
 Two ways to write, each replayed --repeats times (each replay in a fresh process, after a
 warm-up there; the two alternate), medians reported:
 
-  reference  a run lookup (`search_runs` by trial id) before each run is created, and one
-             `log_artifact` per file: how every search wrote before, and how a resumed search
-             still finds its runs.
-  now        tune.trial_runs as a new search uses it (no lookup under a parent run it created,
-             the artifacts in one `log_artifacts`).
+  reference  a run lookup (`search_runs` by trial id) before each run is created: what a
+             resumed search does, and what every search did before.
+  now        tune.trial_runs as a new search uses it (no lookup under a parent run it created).
 
 Appends its table to bench/RESULTS.md (unless --no-write).
 """
@@ -57,13 +55,12 @@ REQUESTS = (
     "log_inputs",
     "log_batch",
     "log_artifact",
-    "log_artifacts",
     "set_terminated",
     "log_metric",
 )
 # The requests in which the two variants differ; every other one they make alike, so between
 # the variants those show the measurement's noise.
-DIFFER = ("search_runs", "log_artifact", "log_artifacts")
+DIFFER = ("search_runs",)
 
 
 @dataclass
@@ -104,26 +101,6 @@ def load_trials(experiment: Path) -> list[Trial]:
     )
 
 
-def _per_file_artifacts(client: MlflowClient, run_id: str, directory: Path) -> None:
-    from tune.trial import ARTIFACTS, CONFIG_FILE, RESULT_FILE
-
-    for name in (*ARTIFACTS, CONFIG_FILE, RESULT_FILE):
-        if (directory / name).exists():
-            client.log_artifact(run_id, str(directory / name))
-
-
-@contextlib.contextmanager
-def artifacts_written(variant: str) -> Iterator[None]:
-    """The reference logs each artifact file in its own request."""
-    now = trial_runs.log_trial_artifacts
-    if variant == "reference":
-        trial_runs.log_trial_artifacts = _per_file_artifacts
-    try:
-        yield
-    finally:
-        trial_runs.log_trial_artifacts = now
-
-
 def timed(client: MlflowClient, spent: dict[str, float]) -> None:
     """Wrap the client's requests so that each adds its thread CPU seconds to spent[kind]."""
     for name in REQUESTS:
@@ -155,14 +132,13 @@ def replay(trials: list[Trial], variant: str, tmp: Path) -> dict[str, float]:
     spent: dict[str, float] = defaultdict(float)
     timed(client, spent)
     start = time.thread_time()
-    with artifacts_written(variant):
-        for i, t in enumerate(trials):
-            run_id = runs.run_id_for(t.results[-1]["trial_id"], t.config, t.name, i)
-            runs.log_results(run_id, t.results)
-            checkpoint = Checkpoint(t.checkpoint) if t.checkpoint else None
-            tags = {"ray.trial_status": "TERMINATED", "ray.num_failures": "0"}
-            runs.end_run(run_id, checkpoint, False, None, t.results[-1], tags)
-            client.log_metric(parent, N.HYPERVOLUME, 0.5, step=i + 1)
+    for i, t in enumerate(trials):
+        run_id = runs.run_id_for(t.results[-1]["trial_id"], t.config, t.name, i)
+        runs.log_results(run_id, t.results)
+        checkpoint = Checkpoint(t.checkpoint) if t.checkpoint else None
+        tags = {"ray.trial_status": "TERMINATED", "ray.num_failures": "0"}
+        runs.end_run(run_id, checkpoint, False, None, t.results[-1], tags)
+        client.log_metric(parent, N.HYPERVOLUME, 0.5, step=i + 1)
     spent["total"] = time.thread_time() - start
     return {k: 1000 * v / len(trials) for k, v in spent.items()}
 

@@ -252,30 +252,12 @@ def test_a_new_search_looks_a_run_up_only_after_a_failed_creation(store):
     assert resumed.run_ids["t5"] == logger.run_ids["t5"]
 
 
-@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "copies"])
-def test_a_trials_artifacts_are_its_figures_config_and_result(store, tmp_path, monkeypatch, links):
-    """One request logs the checkpoint's figures, config and result at the run's root (linked,
-    or copied where hard links fail); the model and training state stay in Ray's checkpoint."""
-    from tune.trial import ARTIFACTS, CONFIG_FILE, MODEL_FILE, RESULT_FILE, STATE_FILE
-    from tune.trial_runs import log_trial_artifacts
+def test_a_restored_logger_looks_runs_up(store):
+    """Tune pickles the callback with the experiment and a resumed search unpickles it: the
+    restored logger cannot know which runs exist, so it looks each trial's up."""
+    import pickle
 
-    uri, exp, _ = store
-    checkpoint = tmp_path / "checkpoint_000000"
-    checkpoint.mkdir()
-    names = (*ARTIFACTS, CONFIG_FILE, RESULT_FILE, MODEL_FILE, STATE_FILE)
-    for name in names:
-        (checkpoint / name).write_text(f"contents of {name}")
-    if not links:
-        monkeypatch.setattr("os.link", lambda *a: (_ for _ in ()).throw(OSError("EXDEV")))
-    client = MlflowClient(uri)
-    run_id = client.create_run(exp).info.run_id
-    requests = []
-    log_artifacts = client.log_artifacts
-    client.log_artifacts = lambda *a, **k: requests.append(a) or log_artifacts(*a, **k)
-    log_trial_artifacts(client, run_id, checkpoint)
-    assert len(requests) == 1
-    logged = {a.path for a in client.list_artifacts(run_id)}
-    assert logged == {*ARTIFACTS, CONFIG_FILE, RESULT_FILE}
-    out = Path(client.download_artifacts(run_id, CONFIG_FILE, str(tmp_path / "dl")))
-    assert out.read_text() == f"contents of {CONFIG_FILE}"
-    assert sorted(p.name for p in checkpoint.iterdir()) == sorted(names)  # left as it was
+    uri, exp, parent = store
+    logger = MLflowTrialLogger(uri, exp, parent, new_parent=True)
+    assert logger.runs.new_parent
+    assert pickle.loads(pickle.dumps(logger)).runs.new_parent is False

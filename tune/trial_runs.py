@@ -9,9 +9,7 @@ checkpoint give the same point and are logged once; the final result is logged o
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,11 +55,20 @@ class TrialRuns:
         self.ended: set[str] = set()
         self.new_parent = new_parent
         self.creating: set[str] = set()  # trial ids whose run creation was attempted here
+        self._creation = threading.Lock()
 
     def run_id_for(
         self, trial_id: str, config: Mapping[str, Any], name: str, number: int | None = None
     ) -> str:
         """The trial's run, created (named with `number`, see run_name) if it has none."""
+        # The writer thread and, after a writer that did not drain, the reconcile both call this:
+        # one at a time, or both could create a run for the same trial.
+        with self._creation:
+            return self._run_id_for(trial_id, config, name, number)
+
+    def _run_id_for(
+        self, trial_id: str, config: Mapping[str, Any], name: str, number: int | None
+    ) -> str:
         if trial_id in self.run_ids:
             return self.run_ids[trial_id]
         # Under a parent created here, a trial has a run only if a creation was attempted: one
@@ -296,20 +303,10 @@ def _point(result: Mapping[str, Any]) -> tuple[int, float]:
 
 
 def log_trial_artifacts(client: MlflowClient, run_id: str, directory: Path) -> None:
-    """The checkpoint's figures, config and result as the run's artifacts, in one request.
-
-    One `log_artifacts` of a folder of links to them: per file, `log_artifact` would look the run
-    up again (the checkpoint also holds the model and training state, which stay in Ray's store).
-    """
+    # One file per request: MLflow writes each to a temporary name and renames it into place, so
+    # the UI never shows a half-written file (its log_artifacts copies in place).
     from tune.trial import ARTIFACTS, CONFIG_FILE, RESULT_FILE
 
-    names = [n for n in (*ARTIFACTS, CONFIG_FILE, RESULT_FILE) if (directory / n).exists()]
-    if not names:
-        return
-    with tempfile.TemporaryDirectory(prefix="clustertune-artifacts-") as staging:
-        for name in names:
-            try:
-                os.link(directory / name, Path(staging) / name)
-            except OSError:  # another file system, or one without hard links
-                shutil.copy2(directory / name, Path(staging) / name)
-        client.log_artifacts(run_id, staging)
+    for name in (*ARTIFACTS, CONFIG_FILE, RESULT_FILE):
+        if (directory / name).exists():
+            client.log_artifact(run_id, str(directory / name))
