@@ -354,6 +354,35 @@ def test_sync_fills_gaps_once_and_drops_orphan_runs(tmp_path):
     assert gone.info.status == "KILLED"
 
 
+def test_sync_keeps_one_run_of_a_trial_that_got_two(tmp_path):
+    """An HTTP client retries a create_run whose answer was lost; the server may have made both
+    runs. The sync keeps the run it completed and soft-deletes the other, naming the kept one."""
+    from tune.reconcile import DUPLICATE_TAG
+    from tune.tracking import MLflowTrialLogger
+    from tune.trial_runs import PARENT_TAG, TRIAL_TAG
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(EXPERIMENT)
+    parent = client.create_run(exp, run_name="s").info.run_id
+    logger = MLflowTrialLogger(uri, exp, parent)
+    result = _Result("aaaa0001", 3, tmp_path)
+    kept = logger.runs.run_id_for("aaaa0001", result.config, "trainable_aaaa0001")
+    # the first of the two creations: its answer never reached the client
+    twin = client.create_run(exp, tags={PARENT_TAG: parent, TRIAL_TAG: "aaaa0001"}).info.run_id
+
+    assert logger.sync([result]) == 2  # the trial completed, its twin dropped
+    assert MLflowTrialLogger(uri, exp, parent).sync([result]) == 0
+
+    _, kids = search_runs(uri, "s")
+    assert [k.info.run_id for k in kids] == [kept]
+    assert kids[0].info.status == "FINISHED"
+    assert epoch_points(client, kids[0]) == [1, 2, 3]
+    gone = client.get_run(twin)
+    assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED"
+    assert gone.data.tags[DUPLICATE_TAG] == kept
+
+
 class _CountedResult(_Result):
     """A _Result that counts how often its history (progress.csv) is read."""
 

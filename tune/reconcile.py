@@ -4,8 +4,10 @@ From each trial's records (progress.csv, final result, checkpoint) `reconcile` l
 run lacks: the run itself, per-epoch points, the final result, artifacts, the end status; e.g.
 after the tracking server was down during the search, or when the driver was killed. Runs of
 trials Ray has no record of (started just before a killed driver could save the experiment
-state; the resumed search ran them again under new ids) are tagged and soft-deleted, so each
-trial has exactly one run. A second reconcile changes nothing.
+state; the resumed search ran them again under new ids) are tagged and soft-deleted, and so are
+a trial's second runs (an HTTP client retries a `create_run` whose answer was lost, and the
+server may have made both), so each trial has exactly one run. A second reconcile changes
+nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tune.mlflow_writer import retry
 from tune.trial_runs import TRIAL_TAG, TrialRuns, trial_number
 
 ORPHAN_TAG = "clustertune.orphan"
+DUPLICATE_TAG = "clustertune.duplicate_of"
 
 
 def reconcile(runs: TrialRuns, results, complete: Collection[str] = ()) -> tuple[int, set[str]]:
@@ -57,21 +60,28 @@ def _complete_run(runs: TrialRuns, trial_id: str, r) -> bool:
 
 
 def _drop_orphans(runs: TrialRuns, trial_ids: set[str]) -> int:
+    """Soft-delete the runs of trials Ray has no record of, and every run of a trial other than
+    the one reconcile completed; returns how many."""
     dropped = 0
     for run in runs.child_runs():
         trial_id = run.data.tags.get(TRIAL_TAG)
-        if trial_id is None or trial_id in trial_ids:
-            continue
         run_id = run.info.run_id
-        runs.client.set_tag(
-            run_id,
-            ORPHAN_TAG,
-            "Ray has no record of this trial: the driver stopped before saving the experiment "
-            "state, and the resumed search ran a new trial instead",
-        )
+        if trial_id is None:
+            continue
+        if trial_id not in trial_ids:
+            tag, why = (
+                ORPHAN_TAG,
+                "Ray has no record of this trial: the driver stopped before saving the experiment "
+                "state, and the resumed search ran a new trial instead",
+            )
+            runs.run_ids.pop(trial_id, None)
+        elif runs.run_ids.get(trial_id, run_id) != run_id:
+            tag, why = DUPLICATE_TAG, runs.run_ids[trial_id]  # the run that holds the trial
+        else:
+            continue
+        runs.client.set_tag(run_id, tag, why)
         if run.info.status == "RUNNING":
             runs.client.set_terminated(run_id, status="KILLED")
         runs.client.delete_run(run_id)  # soft delete: `mlflow gc` purges, restore_run undoes
-        runs.run_ids.pop(trial_id, None)
         dropped += 1
     return dropped
