@@ -323,16 +323,22 @@ class _Result:
         self.error = None
 
 
+def _search_store(tmp_path: Path) -> tuple[str, MlflowClient, str, str]:
+    """A sqlite MLflow store holding one search's parent run "s": (uri, client, experiment id,
+    parent run id)."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(EXPERIMENT)
+    return uri, client, exp, client.create_run(exp, run_name="s").info.run_id
+
+
 def test_sync_fills_gaps_once_and_drops_orphan_runs(tmp_path):
     """What --resume does after a killed driver or a tracking-server outage, without Ray: a run
     that missed epochs gets exactly the missing ones and its final result; a trial with no run gets
     one; a run whose trial Ray never recorded (started just before the driver died) is deleted."""
     from tune.tracking import ORPHAN_TAG, MLflowTrialLogger
 
-    uri = f"sqlite:///{tmp_path}/m.db"
-    client = MlflowClient(uri)
-    exp = client.create_experiment(EXPERIMENT)
-    parent = client.create_run(exp, run_name="s").info.run_id
+    uri, client, exp, parent = _search_store(tmp_path)
     logger = MLflowTrialLogger(uri, exp, parent)
     partial, missing = _Result("aaaa0001", 4, tmp_path), _Result("aaaa0002", 3, tmp_path)
     run = logger.runs.run_id_for("aaaa0001", partial.config, "trainable_aaaa0001")
@@ -361,10 +367,7 @@ def test_sync_keeps_one_run_of_a_trial_that_got_two(tmp_path):
     from tune.tracking import MLflowTrialLogger
     from tune.trial_runs import PARENT_TAG, TRIAL_TAG
 
-    uri = f"sqlite:///{tmp_path}/m.db"
-    client = MlflowClient(uri)
-    exp = client.create_experiment(EXPERIMENT)
-    parent = client.create_run(exp, run_name="s").info.run_id
+    uri, client, exp, parent = _search_store(tmp_path)
     logger = MLflowTrialLogger(uri, exp, parent)
     result = _Result("aaaa0001", 3, tmp_path)
     kept = logger.runs.run_id_for("aaaa0001", result.config, "trainable_aaaa0001")
@@ -404,10 +407,7 @@ def test_sync_rereads_only_trials_whose_writes_did_not_all_go_through(tmp_path):
     not drain are, and come out complete."""
     from tune.tracking import MLflowTrialLogger
 
-    uri = f"sqlite:///{tmp_path}/m.db"
-    client = MlflowClient(uri)
-    exp = client.create_experiment(EXPERIMENT)
-    parent = client.create_run(exp, run_name="s").info.run_id
+    uri, client, exp, parent = _search_store(tmp_path)
     logger = MLflowTrialLogger(uri, exp, parent)
     whole, unended, failed = (_CountedResult(f"bbbb000{i}", 3, tmp_path) for i in (1, 2, 3))
     for r in (whole, unended, failed):

@@ -20,7 +20,11 @@ from tune.mlflow_writer import retry
 from tune.trial_runs import TRIAL_TAG, TrialRuns, trial_number
 
 ORPHAN_TAG = "clustertune.orphan"
-DUPLICATE_TAG = "clustertune.duplicate_of"
+DUPLICATE_TAG = "clustertune.duplicate_of"  # its value: the id of the trial's run that stays
+ORPHAN_WHY = (
+    "Ray has no record of this trial: the driver stopped before saving the experiment state, and "
+    "the resumed search ran a new trial instead"
+)
 
 
 def reconcile(runs: TrialRuns, results, complete: Collection[str] = ()) -> tuple[int, set[str]]:
@@ -36,7 +40,7 @@ def reconcile(runs: TrialRuns, results, complete: Collection[str] = ()) -> tuple
             continue
         if retry(lambda r=r, t=trial_id: _complete_run(runs, t, r), "sync"):
             changed += 1
-    return changed + retry(lambda: _drop_orphans(runs, trial_ids), "orphan check"), trial_ids
+    return changed + retry(lambda: _drop_extra_runs(runs, trial_ids), "orphan check"), trial_ids
 
 
 def _complete_run(runs: TrialRuns, trial_id: str, r) -> bool:
@@ -59,29 +63,28 @@ def _complete_run(runs: TrialRuns, trial_id: str, r) -> bool:
     return True
 
 
-def _drop_orphans(runs: TrialRuns, trial_ids: set[str]) -> int:
+def _drop_extra_runs(runs: TrialRuns, trial_ids: set[str]) -> int:
     """Soft-delete the runs of trials Ray has no record of, and every run of a trial other than
     the one reconcile completed; returns how many."""
     dropped = 0
     for run in runs.child_runs():
-        trial_id = run.data.tags.get(TRIAL_TAG)
-        run_id = run.info.run_id
-        if trial_id is None:
-            continue
-        if trial_id not in trial_ids:
-            tag, why = (
-                ORPHAN_TAG,
-                "Ray has no record of this trial: the driver stopped before saving the experiment "
-                "state, and the resumed search ran a new trial instead",
-            )
+        trial_id, run_id = run.data.tags.get(TRIAL_TAG), run.info.run_id
+        kept = runs.run_ids.get(trial_id)
+        if trial_id is not None and trial_id not in trial_ids:
             runs.run_ids.pop(trial_id, None)
-        elif runs.run_ids.get(trial_id, run_id) != run_id:
-            tag, why = DUPLICATE_TAG, runs.run_ids[trial_id]  # the run that holds the trial
+            _soft_delete(runs, run, ORPHAN_TAG, ORPHAN_WHY)
+        elif kept is not None and kept != run_id:
+            _soft_delete(runs, run, DUPLICATE_TAG, kept)
         else:
             continue
-        runs.client.set_tag(run_id, tag, why)
-        if run.info.status == "RUNNING":
-            runs.client.set_terminated(run_id, status="KILLED")
-        runs.client.delete_run(run_id)  # soft delete: `mlflow gc` purges, restore_run undoes
         dropped += 1
     return dropped
+
+
+def _soft_delete(runs: TrialRuns, run, tag: str, value: str) -> None:
+    """Tag the run with why it goes, end it if it is running, and delete it (`mlflow gc` purges,
+    `restore_run` undoes)."""
+    runs.client.set_tag(run.info.run_id, tag, value)
+    if run.info.status == "RUNNING":
+        runs.client.set_terminated(run.info.run_id, status="KILLED")
+    runs.client.delete_run(run.info.run_id)
